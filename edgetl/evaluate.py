@@ -1,0 +1,72 @@
+"""`edgetl eval`: top-1/top-5, per-class accuracy and confusion matrix of a run's best checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Split, eval_transform, load_data, make_loader, scan_image_folder
+from .errors import ArtifactError, DataError
+from .models import build
+from .preprocess import Preprocess
+from .train import EvalResult, evaluate_loader, load_checkpoint, read_run
+
+
+@dataclass
+class RunModel:
+    """A run's best model, ready for inference, with what is needed to feed it."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+    run: dict
+
+
+def load_run_model(run: Path, checkpoint: str = "best.pt") -> RunModel:
+    """Rebuild the architecture from run.json (no download) and load the checkpoint's weights."""
+    info = read_run(run)
+    ck = load_checkpoint(Path(run) / checkpoint)
+    built = build(info["model"], len(info["classes"]), "none")
+    try:
+        built.model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise ArtifactError(f"{Path(run) / checkpoint}: does not fit model {info['model']} "
+                            f"({str(e).splitlines()[0][:160]})") from e
+    built.model.eval()
+    return RunModel(built.model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), info)
+
+
+def eval_split(run: RunModel, data: str | None) -> tuple[str, Split]:
+    """The run's own validation split, or ``data``: its val/ folder, or the whole folder, mapped by class name."""
+    cfg = run.run["config"]
+    if data is None:
+        ds = load_data(cfg["data"], cfg.get("val_split"), cfg.get("seed", 0))
+        if ds.classes != run.classes:
+            raise DataError(f"{cfg['data']}: classes no longer match the run's {run.classes}")
+        return f"{cfg['data']} (validation split)", ds.val
+    if data in ("digits", "cifar10"):
+        ds = load_data(data)
+        classes, split, where = ds.classes, ds.val, f"{data} (validation split)"
+    else:
+        root = Path(data)
+        folder = root / "val" if (root / "val").is_dir() else root
+        if not folder.is_dir():
+            raise DataError(f"{root}: no such data folder")
+        classes, split = scan_image_folder(folder)
+        where = str(folder)
+    unknown = [c for c in classes if c not in run.classes]
+    if unknown:
+        raise DataError(f"{where}: classes {unknown[:5]} are not among the run's classes")
+    remap = [run.classes.index(c) for c in classes]
+    return where, Split(split.items, [remap[label] for label in split.labels])
+
+
+def evaluate_run(run: Path, data: str | None = None, batch_size: int = 64, workers: int = 0) -> tuple[str, EvalResult, list[str]]:
+    rm = load_run_model(Path(run))
+    where, split = eval_split(rm, data)
+    loader = make_loader(split, eval_transform(rm.preprocess), batch_size, shuffle=False, workers=workers)
+    torch.manual_seed(0)
+    return where, evaluate_loader(rm.model, loader, torch.device("cpu"), len(rm.classes)), rm.classes

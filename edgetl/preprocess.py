@@ -1,0 +1,111 @@
+"""Image decoding and the preprocessing recipe saved in run.json.
+
+Torch-free on purpose: the deploy runtime (no PyTorch on a Jetson) shares it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+_PIL_INTERP = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+ImageSource = Union[str, Path, np.ndarray, Image.Image]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize``, centre-crop ``size``, scale to 0..1, normalize."""
+
+    size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or self.resize < self.size:
+            raise ValueError(f"bad preprocessing sizes: size={self.size}, resize={self.resize}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+
+    @classmethod
+    def from_crop_pct(
+        cls, size: int, crop_pct: float, mean: Any, std: Any, interpolation: str
+    ) -> Preprocess:
+        return cls(size, int(math.floor(size / crop_pct)), _triple(mean), _triple(std), interpolation)
+
+    def with_size(self, size: int) -> Preprocess:
+        """Same recipe at another crop size, keeping the resize/crop ratio."""
+        resize = max(size, int(round(size * self.resize / self.size)))
+        return Preprocess(size, resize, self.mean, self.std, self.interpolation)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            int(d["size"]), int(d["resize"]), _triple(d["mean"]), _triple(d["std"]),
+            str(d.get("interpolation", "bilinear")),
+        )
+
+    @property
+    def pil_interpolation(self) -> Image.Resampling:
+        return _PIL_INTERP[self.interpolation]
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"expected 3 channel values, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, CMYK, I;16, ...) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(src: ImageSource) -> Image.Image:
+    """Decode ``src`` (a path, a PIL image or an HxW[xC] uint8 array) into RGB, with a clear error."""
+    if isinstance(src, Image.Image):
+        return to_rgb(src)
+    if isinstance(src, np.ndarray):
+        return to_rgb(Image.fromarray(src))
+    path = Path(src)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: image too large, refused as a possible decompression bomb") from e
+    except UnidentifiedImageError as e:
+        raise DataError(f"{path}: not an image file PIL can read") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from e

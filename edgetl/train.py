@@ -1,0 +1,405 @@
+"""`edgetl finetune`: transfer learning with the source article's three strategies.
+
+Every epoch ends with an atomic last.pt (model, optimizer, scheduler, scaler), metrics.csv
+and run.json, so a run killed at any point resumes from its last complete epoch. Each
+epoch's randomness (shuffling, augmentation, dropout) is seeded from (seed, epoch), which
+is what makes a resumed run equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .data import DataSet, eval_transform, load_data, make_loader, train_transform
+from .errors import ArtifactError, TrainingError, UsageError
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .models import apply_strategy, build, set_train_mode
+from .preprocess import Preprocess
+
+CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
+METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+class Hooks:
+    """Progress callbacks; the CLI draws them, the library stays silent."""
+
+    def start(self, cfg: TrainConfig, data: DataSet, pp: Preprocess, device: str, amp: str | None) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, loss: float, top1: float, images_per_s: float) -> None: ...
+    def validating(self, steps: int) -> None: ...
+    def epoch_end(self, row: dict[str, float]) -> None: ...
+
+
+@dataclass
+class Summary:
+    run: str
+    status: str
+    epochs: int
+    best_epoch: int
+    val_top1: float
+    val_top5: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None) -> Summary:
+    """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue from ``cfg.out/last.pt``."""
+    cfg.validate()
+    hooks = hooks or Hooks()
+    out = Path(cfg.out)
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.val_split, cfg.seed)
+    built = build(cfg.model, len(data.classes), cfg.weights)
+    model, head = built.model, built.head
+    pp = built.preprocess.with_size(cfg.img_size) if cfg.img_size else built.preprocess
+    trainable = apply_strategy(model, head, cfg.strategy, cfg.unfreeze)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
+    opt = _optimizer(model, cfg, head, set(trainable))
+    sched = _scheduler(opt, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    state = {"epoch": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0, "stale": 0}
+    history: list[dict[str, float]] = []
+    if resume:
+        state, history = _restore(out, model, opt, sched, scaler, device)
+    elif (out / "last.pt").exists():
+        raise UsageError(f"{out}: already holds a run; pass --resume {out} to continue it, or another --out")
+
+    run = _run_json(cfg, data, pp, head, str(device), amp_dtype, len(trainable))
+    hooks.start(cfg, data, pp, str(device), _amp_name(amp_dtype))
+    hflip = data.hflip if cfg.hflip is None else cfg.hflip
+    workers = _workers(cfg)
+    val_loader = make_loader(data.val, eval_transform(pp), cfg.batch_size, shuffle=False, workers=workers)
+    status = "running"
+    with _signals_raise():
+        try:
+            for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+                t0 = time.perf_counter()
+                torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+                g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+                loader = make_loader(data.train, train_transform(pp, hflip, cfg.trivial_augment), cfg.batch_size,
+                                     shuffle=True, workers=workers, generator=g, drop_last=len(data.train) >= cfg.batch_size,
+                                     pin_memory=device.type == "cuda")
+                hooks.epoch_start(epoch, cfg.epochs, len(loader))
+                tr_loss, tr_top1, n_img = _train_epoch(model, loader, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, epoch)
+                hooks.validating(len(val_loader))
+                ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, criterion, cfg.channels_last)
+                secs = time.perf_counter() - t0
+                row = {"epoch": epoch, "train_loss": tr_loss, "train_top1": tr_top1, "val_loss": ev.loss,
+                       "val_top1": ev.top1, "val_top5": ev.top5, "lr": opt.param_groups[-1]["lr"],
+                       "seconds": secs, "images_per_s": n_img / secs}
+                history.append(row)
+                state["epoch"] = epoch
+                improved = ev.top1 > state["best_top1"]
+                if improved:
+                    state.update(best_top1=ev.top1, best_top5=ev.top5, best_epoch=epoch, stale=0)
+                    _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
+                else:
+                    state["stale"] += 1
+                _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
+                _write_metrics(out, history)
+                stop = cfg.early_stop and state["stale"] >= cfg.early_stop
+                status = "early_stopped" if stop else "running"
+                atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                hooks.epoch_end(row)
+                if stop:
+                    break
+            else:
+                status = "finished"
+                atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+        except Interrupted:
+            if (out / "last.pt").exists():
+                atomic_write_json(out / "run.json", _with_metrics(run, state, "interrupted"))
+            raise
+    return Summary(str(out), status, state["epoch"], state["best_epoch"], state["best_top1"], state["best_top5"], history)
+
+
+def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
+                 sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device,
+                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int) -> tuple[float, float, int]:
+    set_train_mode(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        x, y = _to(x, y, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
+                                "last.pt keeps the last complete epoch; lower --lr or enable --clip-grad")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        bs = y.shape[0]
+        loss_sum += loss.item() * bs
+        correct += int((logits.argmax(1) == y).sum())
+        n += bs
+        hooks.step(loss_sum / n, 100.0 * correct / n, n / (time.perf_counter() - t0))
+    return loss_sum / max(n, 1), 100.0 * correct / max(n, 1), n
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    confusion: torch.Tensor  # [true, predicted] counts
+
+    def per_class(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (100.0 * self.confusion.diag() / totals).tolist()
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: Any, device: torch.device, num_classes: int,
+                    amp_dtype: torch.dtype | None = None, criterion: nn.Module | None = None,
+                    channels_last: bool = False) -> EvalResult:
+    """Top-1/top-5 (percent), mean loss and the confusion matrix over ``loader``."""
+    model.eval()
+    criterion = criterion or nn.CrossEntropyLoss()
+    k = min(5, num_classes)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    top5 = 0
+    loss_sum, n = 0.0, 0
+    for x, y in loader:
+        x, y = _to(x, y, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        loss_sum += criterion(logits, y).item() * y.shape[0]
+        topk = logits.topk(k, 1).indices
+        top5 += int((topk == y[:, None]).any(1).sum())
+        conf += torch.bincount(y.cpu() * num_classes + topk[:, 0].cpu(), minlength=num_classes**2).view(num_classes, num_classes)
+        n += y.shape[0]
+    if n == 0:
+        raise UsageError("the validation set is empty")
+    return EvalResult(100.0 * float(conf.diag().sum()) / n, 100.0 * top5 / n, loss_sum / n, conf)
+
+
+def _to(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.as_tensor(y).to(device, non_blocking=True)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """fp16 (with GradScaler) or bf16 on CUDA by default; on CPU only when asked, as bf16."""
+    if amp is False or (amp is None and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _amp_name(dtype: torch.dtype | None) -> str | None:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype) if dtype else None
+
+
+def _workers(cfg: TrainConfig) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, head: str, trainable: set[str]) -> torch.optim.Optimizer:
+    """Four groups: (backbone|head) x (decay|no decay); norms and biases (ndim <= 1) get no weight decay."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        if n in trainable:
+            groups.setdefault((n.startswith(head + "."), p.ndim > 1), []).append(p)
+    lr = cfg.base_lr
+    param_groups = [
+        {"params": ps, "lr": lr * (1.0 if is_head else cfg.backbone_lr_scale),
+         "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (is_head, decay), ps in sorted(groups.items())
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=lr)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up (capped at a fifth of training), then cosine decay to zero, stepped per batch."""
+    total = cfg.epochs * steps_per_epoch
+    warm = min(int(cfg.warmup_epochs * steps_per_epoch), total // 5)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def _meta(cfg: TrainConfig, data: DataSet) -> dict[str, Any]:
+    return {"format": CHECKPOINT_FORMAT, "model_name": cfg.model, "classes": list(data.classes)}
+
+
+def _best_payload(model: nn.Module, cfg: TrainConfig, data: DataSet, pp: Preprocess, epoch: int, top1: float) -> dict[str, Any]:
+    return {**_meta(cfg, data), "epoch": epoch, "val_top1": top1, "preprocess": pp.to_dict(),
+            "model": _cpu_state(model)}
+
+
+def _last_payload(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
+                  cfg: TrainConfig, data: DataSet, state: dict[str, Any]) -> dict[str, Any]:
+    return {**_meta(cfg, data), **state, "config": cfg.to_dict(), "model": _cpu_state(model),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in model.state_dict().items()}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """weights_only=True: tensors and plain data only; anything else is refused as untrusted."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such checkpoint")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"{path}: refused, not a safe, complete edgetl checkpoint ({first})") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "model" not in ck:
+        raise ArtifactError(f"{path}: not an edgetl checkpoint")
+    return ck
+
+
+def _restore(out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+             scaler: torch.amp.GradScaler, device: torch.device) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    ck = load_checkpoint(out / "last.pt")
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{out / 'last.pt'}: does not fit this model/optimizer ({str(e).splitlines()[0][:160]})") from e
+    sched.load_state_dict(ck["scheduler"])
+    scaler.load_state_dict(ck["scaler"])
+    state = {k: ck[k] for k in ("epoch", "best_top1", "best_top5", "best_epoch", "stale")}
+    return state, _read_metrics(out)[: state["epoch"]]
+
+
+def _write_metrics(out: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+
+
+def _read_metrics(out: Path) -> list[dict[str, float]]:
+    p = out / "metrics.csv"
+    if not p.exists():
+        return []
+    with open(p, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _run_json(cfg: TrainConfig, data: DataSet, pp: Preprocess, head: str, device: str,
+              amp_dtype: torch.dtype | None, n_trainable: int) -> dict[str, Any]:
+    return {
+        "schema_version": 1, "edgetl_version": __version__,
+        "model": cfg.model, "classes": list(data.classes), "num_classes": len(data.classes),
+        "preprocess": pp.to_dict(), "strategy": cfg.strategy, "head": head,
+        "data": {"source": data.name, "train_images": len(data.train), "val_images": len(data.val),
+                 "val_split": cfg.val_split, "seed": cfg.seed},
+        "device": device, "amp": _amp_name(amp_dtype), "trainable_tensors": n_trainable,
+        "config": cfg.to_dict(),
+    }
+
+
+def _with_metrics(run: dict[str, Any], state: dict[str, Any], status: str) -> dict[str, Any]:
+    return {**run, "status": status, "best_epoch": state["best_epoch"],
+            "metrics": {"val_top1": state["best_top1"], "val_top5": state["best_top5"], "epochs": state["epoch"]}}
+
+
+def read_run(run: Path) -> dict[str, Any]:
+    """run.json of a run folder, with a clear error when it is missing or damaged."""
+    import json
+
+    p = Path(run) / "run.json"
+    if not p.is_file():
+        raise UsageError(f"{run}: not an edgetl run (no run.json)")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{p}: unreadable ({e})") from e
+
+
+def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
+    cfg = TrainConfig.from_dict(read_run(run)["config"])
+    cfg.out = str(run)
+    if epochs is not None:
+        cfg.epochs = epochs
+    return cfg
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT/SIGTERM become ``Interrupted`` so atomic writes clean up and run.json says so."""
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
