@@ -218,7 +218,7 @@ def models(
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/demo-<time>).")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
     img_size: Annotated[int, typer.Option(help="Input size in px.")] = 64,
 ) -> None:
     """The whole chain on the embedded default: bundled EfficientNet-Lite0 fine-tuned on scikit-learn's digits."""

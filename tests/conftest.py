@@ -1,0 +1,70 @@
+"""Shared fixtures: real data (../shared/datasets when present), tiny image folders, one trained digits run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGETL_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))
+CIFAR = SHARED / "cifar10-mini"
+IMAGENET = SHARED / "imagenet-sample-100"
+
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"{CIFAR} is absent (a fresh clone has no ../shared; CI has it)")
+needs_imagenet = pytest.mark.skipif(not IMAGENET.is_dir(), reason=f"{IMAGENET} is absent (a fresh clone has no ../shared; CI has it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU and TensorRT tests are skipped, never faked, where the hardware is missing."""
+    import importlib.util
+
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    has_trt = has_gpu and importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU"))
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 24, seed: int = 0) -> Path:
+    """Distinct colour per class plus noise: learnable in a few steps, so tiny runs mean something."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.zeros(3)
+        base[c % 3] = 200
+        for i in range(per_class):
+            arr = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"img_{i}.png")
+    return root
+
+
+def copy_subset(src: Path, dst: Path, per_class: int) -> Path:
+    """A small real-image ImageFolder: the first ``per_class`` files of each class of ``src``."""
+    import shutil
+
+    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, dst / cls.name / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default, trained once per session: Lite0 on digits, 2 epochs at 64 px."""
+    from edgetl.config import TrainConfig
+    from edgetl.train import finetune
+
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    finetune(TrainConfig(data="digits", out=str(out), epochs=2, img_size=64, batch_size=32, lr=2e-3,
+                         warmup_epochs=0.3, workers=0))
+    return out

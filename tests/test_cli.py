@@ -1,0 +1,113 @@
+"""The command line as users and CI scripts drive it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CIFAR, copy_subset, make_image_folder, needs_cifar
+
+EDGETL = [sys.executable, "-m", "edgetl"]
+
+
+def run(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*EDGETL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def test_help_lists_the_commands_without_importing_torch() -> None:
+    code = ("import sys; from edgetl.cli import app; from typer.main import get_command; "
+            "get_command(app); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("finetune", "eval", "models", "demo"):
+        assert cmd in r.stdout
+
+
+def test_finetune_help_documents_the_options() -> None:
+    r = run("finetune", "--help")
+    assert r.returncode == 0
+    for opt in ("--data", "--model", "--weights", "--val-split", "--img-size", "--strategy", "--unfreeze",
+                "--backbone-lr-scale", "--label-smoothing", "--optimizer", "--amp", "--channels-last",
+                "--clip-grad", "--early-stop", "--seed", "--device", "--resume", "--quiet", "--json",
+                "--trivial-augment"):
+        assert opt in r.stdout, opt
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["finetune", "--strategy", "everything"], 2, "everything"),
+        (["finetune", "--model", "nope", "--quiet"], 2, "error: unknown model 'nope'"),
+        (["finetune", "--data", "/no/such/folder", "--quiet"], 3, "error: /no/such/folder: no such data folder"),
+        (["finetune", "--device", "cuda", "--quiet"], 2, "no CUDA GPU"),
+        (["eval", "/no/such/run"], 2, "error: /no/such/run: not an edgetl run"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code(args: list[str], code: int, message: str) -> None:
+    r = run(*args)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "d", classes=2, per_class=4)
+    (tmp_path / "d" / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = run("finetune", "--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none",
+            "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--workers", "1", "--quiet",
+            "--out", str(tmp_path / "run"))
+    assert r.returncode == 3
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken.png" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_eval_json_matches_run_json(digits_run: Path) -> None:
+    r = run("eval", str(digits_run), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    best = json.loads((digits_run / "run.json").read_text())["metrics"]["val_top1"]
+    assert res["top1"] == pytest.approx(best)
+    assert len(res["confusion"]) == 10 and sum(map(sum, res["confusion"])) == 359
+    assert set(res["per_class"]) == {str(i) for i in range(10)}
+
+
+def test_models_marks_the_bundled_weights_offline() -> None:
+    r = run("models", "--filter", "efficientnet_lite0")
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().strip("│").strip().startswith("efficientnet_lite0 "))
+    assert "bundled" in line and "yes" in line
+
+
+def test_json_summary_and_resume_extends_a_run(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "d", classes=2, per_class=6)
+    common = ["--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none", "--img-size", "32",
+              "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "run")]
+    r = run("finetune", *common, "--epochs", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["status"] == "finished" and s["epochs"] == 1 and s["run"] == str(tmp_path / "run")
+    r = run("finetune", "--resume", str(tmp_path / "run"), "--epochs", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 2
+    assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+@needs_cifar
+@pytest.mark.parametrize("strategy", ["full", "head", "partial"])
+def test_finetune_cifar10_mini_every_strategy(tmp_path: Path, strategy: str) -> None:
+    """Real CIFAR images (a 10-per-class copy), the bundled Lite0 at 96 px, one epoch."""
+    data = tmp_path / "cifar"
+    copy_subset(CIFAR / "train", data / "train", 10)
+    copy_subset(CIFAR / "val", data / "val", 4)
+    r = run("finetune", "--data", str(data), "--img-size", "96", "--epochs", "1", "--strategy", strategy,
+            "--batch-size", "16", "--workers", "0", "--out", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["strategy"] == strategy and info["classes"][0] == "airplane" and info["preprocess"]["size"] == 96
+    assert "96px (--img-size)" in r.stderr
