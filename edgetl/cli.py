@@ -178,7 +178,7 @@ def eval_cmd(
 
 def _print_eval(where: str, res: Any, classes: list[str]) -> None:
     out_console.print(f"[bold]{where}[/]: top-1 [bold]{res.top1:.2f}%[/], top-5 {res.top5:.2f}%, "
-                      f"loss {res.loss:.4f}, {int(res.confusion.sum())} images")
+                      f"loss {res.loss:.4f}, {res.images} images")
     t = Table(title="per class (rows: true, columns: predicted)")
     t.add_column("class")
     t.add_column("acc", justify="right")
@@ -235,6 +235,86 @@ def demo(
         _print_eval(where, res, classes)
         out_console.print(f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}%; run at [bold]{run}[/] "
                           f"(edgetl eval {run})")
+
+    _guard(body)
+
+
+class CalibMethod(str, Enum):
+    entropy = "entropy"
+    minmax = "minmax"
+    percentile = "percentile"
+
+
+class CalibMode(str, Enum):
+    explicit = "explicit"
+    implicit = "implicit"
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `edgetl finetune`.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx: calibrated, TensorRT-shaped Q/DQ, accuracy-guarded.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (float16 compute, float32 I/O).")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration images: an ImageFolder or a flat folder (default: a stratified sample of the run's training data).")] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 512,
+    calib_method: Annotated[CalibMethod, typer.Option(help="How activation ranges are chosen from the calibration data.")] = CalibMethod.entropy,
+    calib_mode: Annotated[CalibMode, typer.Option(help="explicit: engines build from model.int8.onnx (TensorRT 8.5-11); implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).")] = CalibMode.explicit,
+    max_drop: Annotated[float, typer.Option(help="Largest INT8 top-1 drop (points) accepted; past it, the most sensitive layers stay in float.")] = 1.0,
+    opset: Annotated[int, typer.Option(help="ONNX opset; 17 keeps TensorRT 8.5 (JetPack 5) able to read it.")] = 17,
+    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N.")] = "dynamic",
+    engine: Annotated[bool, typer.Option("--engine/--no-engine", help="Build TensorRT engines where TensorRT and a GPU are present.")] = True,
+    workspace: Annotated[int, typer.Option(help="TensorRT builder workspace limit in MB.")] = 2048,
+    dla: Annotated[Optional[int], typer.Option(help="Jetson DLA core for the engines (GPU fallback on).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/export).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON on stdout.")] = False,
+) -> None:
+    """Verified ONNX, FP16 and calibrated INT8 artifacts (and TensorRT engines where possible) plus manifest.json."""
+
+    def body() -> None:
+        from .export import ExportConfig, export
+
+        cfg = ExportConfig(run=str(run), out=str(out) if out else None, int8=int8, fp16=fp16,
+                           calib=str(calib) if calib else None, calib_size=calib_size,
+                           calib_method=calib_method.value, calib_mode=calib_mode.value, max_drop=max_drop,
+                           opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
+        console = err_console if as_json else out_console
+        report = export(cfg, log=lambda m: console.print(m, highlight=False))
+        if as_json:
+            print(json.dumps(report.__dict__, default=str))
+            return
+        console.print(_artifact_table(report))
+
+    _guard(body)
+
+
+def _artifact_table(report: Any) -> Table:
+    t = Table(title=f"artifacts in {report.out}")
+    for col in ("file", "precision", "MB", "top-1", "Δ top-1", "sha256"):
+        t.add_column(col, justify="right" if col in ("MB", "top-1", "Δ top-1") else "left")
+    for a in report.artifacts:
+        acc = a.get("accuracy") or {}
+        t.add_row(a["file"], a["precision"], f"{a.get('size_bytes', 0) / 1e6:.1f}",
+                  f"{acc['top1']:.2f}%" if "top1" in acc else "-",
+                  f"{acc['delta_top1']:+.2f}" if "delta_top1" in acc else "-", a["sha256"][:12])
+    return t
+
+
+@app.command()
+def calib(
+    data: Annotated[str, typer.Option(help="Data to sample from: an ImageFolder root, 'digits' or 'cifar10' (its training split is used).")],
+    out: Annotated[Path, typer.Option(help="Folder to write, e.g. calib/NAME; must be new or empty.")],
+    size: Annotated[int, typer.Option(help="Images in the set.")] = 512,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    val_split: Annotated[Optional[float], typer.Option(help="As in finetune, so the sample comes from the same training images.")] = None,
+) -> None:
+    """Write a seeded, class-stratified calibration set (copies, in <class>/ folders, plus calib.json)."""
+
+    def body() -> None:
+        from .quantize import write_calibration_set
+
+        info = write_calibration_set(data, size, out, seed, val_split)
+        out_console.print(f"wrote {info['size']} images from {info['source']} to {out} "
+                          f"({len(info['classes'])} classes; list in {out / 'calib.json'})")
 
     _guard(body)
 

@@ -120,6 +120,22 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
     return sorted(train_idx), sorted(val_idx)
 
 
+def stratified_sample(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    """Exactly ``n`` seeded indices, each class's share by largest remainder."""
+    labels_a = np.asarray(labels)
+    classes, counts = np.unique(labels_a, return_counts=True)
+    quota = counts * n / len(labels_a)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels_a == c)
+        picked.extend(rng.permutation(idx)[:k].tolist())
+    return sorted(picked)
+
+
 def _digits(val_split: float, seed: int) -> DataSet:
     from sklearn.datasets import load_digits
 

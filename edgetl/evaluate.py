@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ from .data import Split, eval_transform, load_data, make_loader, scan_image_fold
 from .errors import ArtifactError, DataError
 from .models import build
 from .preprocess import Preprocess
-from .train import EvalResult, evaluate_loader, load_checkpoint, read_run
+from .metrics import EvalResult, Scorer
+from .train import evaluate_loader, load_checkpoint, read_run
 
 
 @dataclass
@@ -70,3 +72,12 @@ def evaluate_run(run: Path, data: str | None = None, batch_size: int = 64, worke
     loader = make_loader(split, eval_transform(rm.preprocess), batch_size, shuffle=False, workers=workers)
     torch.manual_seed(0)
     return where, evaluate_loader(rm.model, loader, torch.device("cpu"), len(rm.classes)), rm.classes
+
+
+def evaluate_runner(runner: Any, split: Split, pp: Preprocess, num_classes: int, batch_size: int = 64,
+                    workers: int = 0) -> EvalResult:
+    """Accuracy of any backend's runner through the same preprocessing code path as `edgetl eval`."""
+    scorer = Scorer(num_classes)
+    for x, y in make_loader(split, eval_transform(pp), batch_size, shuffle=False, workers=workers):
+        scorer.update(runner.run(x.numpy()), y.numpy())
+    return scorer.result()

@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data import DataSet, eval_transform, load_data, make_loader, train_transform
 from .errors import ArtifactError, TrainingError, UsageError
 from .io import atomic_write, atomic_write_json, atomic_write_text
+from .metrics import EvalResult, Scorer
 from .models import apply_strategy, build, set_train_mode
 from .preprocess import Preprocess
 
@@ -112,7 +113,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None)
                 hooks.epoch_start(epoch, cfg.epochs, len(loader))
                 tr_loss, tr_top1, n_img = _train_epoch(model, loader, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, epoch)
                 hooks.validating(len(val_loader))
-                ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, criterion, cfg.channels_last)
+                ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, cfg.channels_last)
                 secs = time.perf_counter() - t0
                 row = {"epoch": epoch, "train_loss": tr_loss, "train_top1": tr_top1, "val_loss": ev.loss,
                        "val_top1": ev.top1, "val_top5": ev.top5, "lr": opt.param_groups[-1]["lr"],
@@ -173,41 +174,18 @@ def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch
     return loss_sum / max(n, 1), 100.0 * correct / max(n, 1), n
 
 
-@dataclass
-class EvalResult:
-    top1: float
-    top5: float
-    loss: float
-    confusion: torch.Tensor  # [true, predicted] counts
-
-    def per_class(self) -> list[float]:
-        totals = self.confusion.sum(1).clamp(min=1)
-        return (100.0 * self.confusion.diag() / totals).tolist()
-
-
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: Any, device: torch.device, num_classes: int,
-                    amp_dtype: torch.dtype | None = None, criterion: nn.Module | None = None,
-                    channels_last: bool = False) -> EvalResult:
-    """Top-1/top-5 (percent), mean loss and the confusion matrix over ``loader``."""
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EvalResult:
+    """Top-1/top-5 (percent), mean cross-entropy and the confusion matrix over ``loader``."""
     model.eval()
-    criterion = criterion or nn.CrossEntropyLoss()
-    k = min(5, num_classes)
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    top5 = 0
-    loss_sum, n = 0.0, 0
+    scorer = Scorer(num_classes)
     for x, y in loader:
         x, y = _to(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x).float()
-        loss_sum += criterion(logits, y).item() * y.shape[0]
-        topk = logits.topk(k, 1).indices
-        top5 += int((topk == y[:, None]).any(1).sum())
-        conf += torch.bincount(y.cpu() * num_classes + topk[:, 0].cpu(), minlength=num_classes**2).view(num_classes, num_classes)
-        n += y.shape[0]
-    if n == 0:
-        raise UsageError("the validation set is empty")
-    return EvalResult(100.0 * float(conf.diag().sum()) / n, 100.0 * top5 / n, loss_sum / n, conf)
+        scorer.update(logits.cpu().numpy(), y.cpu().numpy())
+    return scorer.result()
 
 
 def _to(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,297 @@
+"""INT8 for TensorRT and ONNX Runtime: calibrated Q/DQ ONNX plus an accuracy guard.
+
+TensorRT-shaped Q/DQ (DESIGN.md): symmetric INT8 activations and weights (zero point 0),
+per-channel weights, bias left in float, made with ONNX Runtime's quantize_static as NVIDIA's
+ModelOpt does. Calibration ranges are cached in ``calib.cache`` (ONNX Runtime's JSON ranges
+plus an ``edgetl_key``), so exporting again with the same model and data skips calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import DataSet, Split, eval_transform, make_loader, scan_image_folder, stratified_sample, IMAGE_EXTENSIONS
+from .errors import DataError, UsageError
+from .io import atomic_write_json, sha256_file
+from .metrics import EvalResult
+
+CALIB_METHODS = ("entropy", "minmax", "percentile")
+PROBE_IMAGES = 64  # calibration images whose FP32 logits rank layer sensitivity
+QUANT_SETTINGS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class Int8Result:
+    ok: bool
+    accuracy: dict[str, float]
+    calibration: dict[str, Any]
+    guard: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) -> Split:
+    """``--calib DIR`` (an ImageFolder or a flat folder of images) or a seeded, class-stratified
+    sample of ``--calib-size`` training images."""
+    if calib:
+        root = Path(calib)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such calibration folder")
+        if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+            classes, split = scan_image_folder(root)
+            unknown = sorted(set(classes) - set(ds.classes))
+            if unknown:
+                raise DataError(f"{root}: calibration classes {unknown[:5]} are not among the run's classes")
+        else:
+            files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_EXTENSIONS)
+            split = Split(files, [0] * len(files))
+        if len(split) == 0:
+            raise DataError(f"{root}: no images to calibrate with")
+        return split if len(split) <= size else split.subset(range(size))
+    n = len(ds.train)
+    if size >= n:
+        return ds.train
+    return ds.train.subset(stratified_sample(ds.train.labels, size, seed))
+
+
+def _split_fingerprint(split: Split) -> str:
+    h = hashlib.sha256()
+    for item in split.items:
+        if isinstance(item, np.ndarray):
+            h.update(item.tobytes())
+        else:
+            h.update(str(Path(item).resolve()).encode())
+            st = Path(item).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+class _Reader:
+    """Feeds calibration images one at a time: ONNX Runtime's Entropy and Percentile calibrators
+    fail on batches larger than 1 (DESIGN.md)."""
+
+    def __init__(self, split: Split, pp: Any) -> None:
+        self.loader = make_loader(split, eval_transform(pp), 1, shuffle=False, workers=0)
+        self.it: Iterator[Any] | None = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.it is None:
+            self.it = iter(self.loader)
+        batch = next(self.it, None)
+        return None if batch is None else {"input": batch[0].numpy()}
+
+    def rewind(self) -> None:
+        self.it = None
+
+
+def _prepare(onnx_path: Path, work: Path) -> Path:
+    """Shape inference and basic graph optimization, as ONNX Runtime asks before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prep = work / "prep.onnx"
+    quant_pre_process(str(onnx_path), str(prep), skip_symbolic_shape=True)
+    return prep
+
+
+def quantize(prep: Path, dst: Path, cache: Path, method: str, reader: _Reader | None, exclude: list[str]) -> None:
+    """One quantize_static call; with ``reader`` None the ranges come from ``cache``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing advice is noise here
+    with contextlib.redirect_stdout(io.StringIO()):  # and so are its calibrator's prints
+        quantize_static(
+            str(prep), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_method(method),
+            nodes_to_exclude=exclude, extra_options=dict(QUANT_SETTINGS), calibration_cache_path=str(cache),
+        )
+
+
+def quantized_nodes(model_path: Path) -> list[str]:
+    """Names of the float nodes whose inputs received Q/DQ pairs: the guard's candidates."""
+    import onnx
+
+    g = onnx.load(str(model_path)).graph
+    dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in g.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq_outputs for i in n.input)]
+
+
+def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_acc: EvalResult, log: Any) -> Int8Result:
+    """Calibrate (or reuse calib.cache), quantize, evaluate; if the drop exceeds ``cfg.max_drop``,
+    keep the fewest, most sensitive layers in float until it fits."""
+    from .evaluate import evaluate_runner
+    from .runtime.onnxruntime import OrtRunner
+
+    split = calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed)
+    key = hashlib.sha256(json.dumps({
+        "onnx": sha256_file(onnx_path), "calib": _split_fingerprint(split), "method": cfg.calib_method,
+        "preprocess": rm.preprocess.to_dict(), "settings": QUANT_SETTINGS,
+    }, sort_keys=True).encode()).hexdigest()
+    cache = out / "calib.cache"
+    reused = _cache_key(cache) == key
+    calibration = {"method": cfg.calib_method, "images": len(split), "source": cfg.calib or "train split (stratified)",
+                   "cache": cache.name, "key": key, "reused": reused}
+    dst = out / "model.int8.onnx"
+    with tempfile.TemporaryDirectory(dir=out, prefix=".quant-") as tmp:
+        work = Path(tmp)
+        prep = _prepare(onnx_path, work)
+        t0 = time.perf_counter()
+        if reused:
+            log(f"reusing calibration ranges from {cache} ({cfg.calib_method}, {len(split)} images)")
+            quantize(prep, work / "q.onnx", cache, cfg.calib_method, None, [])
+        else:
+            log(f"calibrating on {len(split)} images ({cfg.calib_method})")
+            cache.unlink(missing_ok=True)
+            quantize(prep, work / "q.onnx", work / "ranges.json", cfg.calib_method, _Reader(split, rm.preprocess), [])
+            ranges = json.loads((work / "ranges.json").read_text())
+            atomic_write_json(cache, {**ranges, "edgetl_key": key})
+        calibration["seconds"] = round(time.perf_counter() - t0, 2)
+        acc = evaluate_runner(OrtRunner(work / "q.onnx"), ds.val, rm.preprocess, len(rm.classes))
+        drop = fp32_acc.top1 - acc.top1
+        log(f"top-1 on {acc.images} validation images: FP32 {fp32_acc.top1:.2f}%, INT8 {acc.top1:.2f}% "
+            f"(drop {drop:+.2f} points, budget {cfg.max_drop})")
+        guard: dict[str, Any] = {"max_drop": cfg.max_drop, "initial_drop": drop, "float_layers": []}
+        best = work / "q.onnx"
+        if drop > cfg.max_drop:
+            found = _guard(prep, work, cache, cfg, split, rm, ds, fp32_acc, onnx_path, log)
+            guard.update(found["guard"])
+            if found["path"] is None:
+                return Int8Result(False, _acc(acc, fp32_acc), calibration, guard,
+                                  f"INT8 loses {drop:.2f} points of top-1 (budget {cfg.max_drop}) and no set of float "
+                                  f"layers brings it within budget; model.onnx and model.fp16.onnx are kept, "
+                                  f"no model.int8.onnx written (try --calib-method minmax or more --calib-size)")
+            best, acc = found["path"], found["accuracy"]
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(dst, best.read_bytes())
+    guard["final_drop"] = fp32_acc.top1 - acc.top1
+    return Int8Result(True, _acc(acc, fp32_acc), calibration, guard)
+
+
+def _acc(acc: EvalResult, ref: EvalResult) -> dict[str, float]:
+    return {"top1": acc.top1, "top5": acc.top5, "delta_top1": acc.top1 - ref.top1}
+
+
+def _cache_key(cache: Path) -> str | None:
+    try:
+        return json.loads(cache.read_text()).get("edgetl_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _guard(prep: Path, work: Path, cache: Path, cfg: Any, split: Split, rm: Any, ds: DataSet,
+           fp32_acc: EvalResult, onnx_path: Path, log: Any) -> dict[str, Any]:
+    """Rank quantized layers by how much keeping each alone in float brings the INT8 logits back to
+    FP32 (on calibration images), then float the top k, growing k until the validation drop fits."""
+    from .evaluate import evaluate_runner
+    from .runtime.onnxruntime import OrtRunner
+
+    probe = split.subset(range(min(PROBE_IMAGES, len(split))))
+    x = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(rm.preprocess), 64, shuffle=False, workers=0)])
+    ref = OrtRunner(onnx_path).run(x)
+
+    def error(path: Path) -> float:
+        return float(np.mean((OrtRunner(path).run(x) - ref) ** 2))
+
+    base_err = error(work / "q.onnx")
+    candidates = quantized_nodes(work / "q.onnx")
+    log(f"accuracy guard: measuring the sensitivity of {len(candidates)} quantized layers")
+    gains: dict[str, float] = {}
+    for name in candidates:
+        q = work / "probe.onnx"
+        quantize(prep, q, cache, cfg.calib_method, None, [name])
+        gains[name] = base_err - error(q)
+    order = sorted(candidates, key=lambda n: -gains[n])
+    tried: dict[int, float] = {}
+
+    def attempt(k: int) -> tuple[Path, EvalResult]:
+        q = work / f"guard-{k}.onnx"
+        quantize(prep, q, cache, cfg.calib_method, None, order[:k])
+        acc = evaluate_runner(OrtRunner(q), ds.val, rm.preprocess, len(rm.classes))
+        tried[k] = fp32_acc.top1 - acc.top1
+        log(f"  {k} layer(s) in float: INT8 top-1 {acc.top1:.2f}% (drop {tried[k]:+.2f})")
+        return q, acc
+
+    # Grow k geometrically until the drop fits, then bisect down to the fewest layers that still fit.
+    lo, k, fit = 0, 1, None
+    while k <= len(order):
+        q, acc = attempt(k)
+        if tried[k] <= cfg.max_drop:
+            fit = (k, q, acc)
+            break
+        lo, k = k, (min(2 * k, len(order)) if k < len(order) else len(order) + 1)
+    if fit is None:
+        return {"path": None, "guard": {"tried": tried, "sensitivity": _top(gains, order)}}
+    hi = fit[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        q, acc = attempt(mid)
+        if tried[mid] <= cfg.max_drop:
+            hi, fit = mid, (mid, q, acc)
+        else:
+            lo = mid
+    k, q, acc = fit
+    layers = [{"name": n, "op": _op_type(prep, n), "sensitivity_mse": gains[n]} for n in order[:k]]
+    log(f"accuracy guard: kept {k} layer(s) in float: {', '.join(n for n in order[:k])}")
+    return {"path": q, "accuracy": acc,
+            "guard": {"float_layers": layers, "tried": tried, "candidates": len(candidates)}}
+
+
+def _top(gains: dict[str, float], order: list[str], n: int = 10) -> list[dict[str, Any]]:
+    return [{"name": k, "sensitivity_mse": gains[k]} for k in order[:n]]
+
+
+def _op_type(model_path: Path, node: str) -> str:
+    import onnx
+
+    return next((n.op_type for n in onnx.load(str(model_path)).graph.node if n.name == node), "?")
+
+
+def write_calibration_set(data: str, size: int, out: Path, seed: int = 0, val_split: float | None = None) -> dict[str, Any]:
+    """`edgetl calib`: copy a seeded, class-stratified sample of training images into ``out/<class>/``."""
+    import shutil
+
+    from .data import load_data
+    from .preprocess import load_rgb
+
+    if size < 1:
+        raise UsageError("--size must be at least 1")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out}: already exists and is not empty; pick another --out")
+    ds = load_data(data, val_split, seed)
+    split = calibration_split(ds, None, size, seed)
+    files = []
+    for i, (item, label) in enumerate(zip(split.items, split.labels)):
+        d = out / ds.classes[label]
+        d.mkdir(parents=True, exist_ok=True)
+        if isinstance(item, np.ndarray):
+            dst = d / f"{i:06d}.png"
+            load_rgb(item).save(dst)
+        else:
+            dst = d / f"{i:06d}_{Path(item).name}"
+            shutil.copyfile(item, dst)
+        files.append(str(dst.relative_to(out)))
+    info = {"source": ds.name, "size": len(files), "seed": seed, "classes": ds.classes,
+            "per_class": {c: split.labels.count(i) for i, c in enumerate(ds.classes)}, "files": files}
+    atomic_write_json(out / "calib.json", info)
+    return info

@@ -1,0 +1,200 @@
+"""Export: verified FP32/FP16 ONNX, TensorRT-shaped INT8, the accuracy guard, the calibration cache, the manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CIFAR, copy_subset, needs_cifar
+from edgetl.config import TrainConfig
+from edgetl.errors import EdgetlError
+from edgetl.export import ExportConfig, export
+from edgetl.io import sha256_file
+from edgetl.train import finetune
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """timm's test_resnet (0.5M parameters) on real digits at 32 px: ~94% in 3 quick epochs."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    finetune(TrainConfig(data="digits", out=str(out), model="timm/test_resnet", weights="none", img_size=32,
+                         epochs=3, batch_size=32, lr=3e-3, workers=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gray_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibration set that teaches near-zero ranges: INT8 then saturates on real images."""
+    d = tmp_path_factory.mktemp("gray")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray((128 + rng.integers(-2, 3, (32, 32, 3))).astype(np.uint8)).save(d / f"{i}.png")
+    return d
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("export"))
+    return dst
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Path) -> None:
+    """The default model (bundled Lite0, static 'same' padding) on real digit scans."""
+    from edgetl.evaluate import load_run_model
+    from edgetl.runtime.onnxruntime import OrtRunner
+
+    run = _copy_run(digits_run, tmp_path / "run")
+    export(ExportConfig(run=str(run), engine=False))
+    out = run / "export"
+    m = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version == 17
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    assert [d.dim_param for d in m.graph.input[0].type.tensor_type.shape.dim][:1] == ["batch"]
+    assert not {"Shape", "Ceil"} & {n.op_type for n in m.graph.node}  # 'same' padding frozen to Pad
+    entry = _manifest(out)["artifacts"][0]
+    assert entry["verification"]["top1_agreement"] == 1.0 and entry["verification"]["max_abs_diff"] < 1e-3
+    # independent check, batch of 5 through the dynamic batch axis
+    from edgetl.data import eval_transform, load_data
+
+    rm = load_run_model(run)
+    val = load_data("digits").val
+    x = torch.stack([eval_transform(rm.preprocess)(np.stack([val.items[i]] * 3, -1)) for i in range(5)])
+    with torch.no_grad():
+        ref = rm.model(x).numpy()
+    np.testing.assert_allclose(OrtRunner(out / "model.onnx").run(x.numpy()), ref, atol=1e-3)
+
+
+@needs_cifar
+def test_resnet18_onnx_parity_on_cifar_images(tmp_path: Path) -> None:
+    data = tmp_path / "cifar"
+    copy_subset(CIFAR / "train", data / "train", 3)
+    copy_subset(CIFAR / "val", data / "val", 2)
+    finetune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="resnet18", weights="none",
+                         img_size=64, epochs=1, batch_size=8, workers=0))
+    export(ExportConfig(run=str(tmp_path / "run"), engine=False))
+    v = _manifest(tmp_path / "run" / "export")["artifacts"][0]["verification"]
+    assert v["images"] == 20 and v["top1_agreement"] == 1.0 and v["max_abs_diff"] < 1e-3
+
+
+def test_int8_graph_has_the_shape_tensorrt_needs(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    report = export(ExportConfig(run=str(run), int8=True, fp16=True, engine=False, calib_size=64))
+    out = run / "export"
+    m = onnx.load(str(out / "model.int8.onnx"))
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) <= 17
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    qs = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(not inits[n.input[2]].any() for n in qs)  # symmetric: every zero point is 0
+    assert all(inits[n.input[2]].dtype == np.int8 for n in qs)
+    dq_out = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        w_dq = dq_out[conv.input[1]]
+        w = inits[w_dq.input[0]]
+        assert w.dtype == np.int8 and inits[w_dq.input[1]].shape == (w.shape[0],)  # per output channel
+    # accuracy is measured, reported, and small on this real data
+    assert report.accuracy["fp32"]["top1"] > 85
+    assert report.accuracy["int8"]["delta_top1"] > -3.0
+    # FP16: float16 weights, float32 I/O
+    h = onnx.load(str(out / "model.fp16.onnx"))
+    assert h.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert h.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in h.graph.initializer)
+    # the manifest lists each artifact with the hash of the file on disk
+    man = _manifest(out)
+    assert {a["file"] for a in man["artifacts"]} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx"}
+    for a in man["artifacts"]:
+        assert a["sha256"] == sha256_file(out / a["file"]) and a["format"] == "onnx"
+    assert man["preprocess"]["size"] == 32 and man["classes"] == [str(i) for i in range(10)]
+    assert man["calibration"]["images"] == 64 and man["calibration"]["reused"] is False
+
+
+def test_calibration_cache_is_reused(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    cfg = ExportConfig(run=str(run), int8=True, engine=False, calib_size=32, calib_method="minmax")
+    export(cfg)
+    out = run / "export"
+    cache_mtime = (out / "calib.cache").stat().st_mtime_ns
+    first = sha256_file(out / "model.int8.onnx")
+    lines: list[str] = []
+    export(cfg, log=lines.append)
+    assert any(ln.startswith("reusing calibration ranges") for ln in lines)
+    assert _manifest(out)["calibration"]["reused"] is True
+    assert (out / "calib.cache").stat().st_mtime_ns == cache_mtime
+    assert sha256_file(out / "model.int8.onnx") == first
+    # other calibration data invalidates the cache
+    cfg.calib_size = 16
+    lines.clear()
+    export(cfg, log=lines.append)
+    assert any(ln.startswith("calibrating on 16 images") for ln in lines)
+
+
+def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_calib: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray_calib), max_drop=0.5))
+    guard = report.guard
+    assert guard["initial_drop"] > 20  # the bad calibration really hurts
+    assert guard["float_layers"] and guard["final_drop"] <= 0.5
+    m = onnx.load(str(run / "export" / "model.int8.onnx"))
+    dq_outputs = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in m.graph.node}
+    for layer in guard["float_layers"]:
+        assert not any(i in dq_outputs for i in by_name[layer["name"]].input), layer
+    entry = next(a for a in _manifest(run / "export")["artifacts"] if a["file"] == "model.int8.onnx")
+    assert [x["name"] for x in entry["float_layers"]] == [x["name"] for x in guard["float_layers"]]
+
+
+def test_guard_that_cannot_fit_fails_and_keeps_fp32_and_fp16(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--fp16", "--max-drop", "-1",
+                        "--calib-size", "16", "--calib-method", "minmax", "--no-engine"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "no set of float layers brings it within budget" in r.stderr and "Traceback" not in r.stderr
+    out = run / "export"
+    assert not (out / "model.int8.onnx").exists()
+    files = {a["file"] for a in _manifest(out)["artifacts"]}
+    assert files == {"model.onnx", "model.fp16.onnx"}
+
+
+def test_cli_export_says_engines_were_skipped(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run)], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    skipped = [ln for ln in r.stdout.splitlines() if "TensorRT engines skipped" in ln]
+    assert len(skipped) == 1 and "edgetl build" in skipped[0]
+    assert "model.onnx" in r.stdout
+
+
+def test_calib_command_writes_a_stratified_set(tmp_path: Path) -> None:
+    out = tmp_path / "calib" / "digits"
+    r = subprocess.run([sys.executable, "-m", "edgetl", "calib", "--data", "digits", "--size", "50", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "calib.json").read_text())
+    assert info["size"] == 50 and sorted(info["per_class"].values()) == [5] * 10
+    assert len(list(out.glob("*/*.png"))) == 50
+    r = subprocess.run([sys.executable, "-m", "edgetl", "calib", "--data", "digits", "--size", "5", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_bad_export_options_are_usage_errors(tiny_run: Path) -> None:
+    with pytest.raises(EdgetlError, match="opset"):
+        export(ExportConfig(run=str(tiny_run), opset=11))
+    with pytest.raises(EdgetlError, match="--batch"):
+        export(ExportConfig(run=str(tiny_run), batch="many"))
