@@ -55,7 +55,9 @@ def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except EdgetlError as e:
-        err_console.print(f"[red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -221,11 +223,13 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
     img_size: Annotated[int, typer.Option(help="Input size in px.")] = 64,
 ) -> None:
-    """The whole chain on the embedded default: bundled EfficientNet-Lite0 fine-tuned on scikit-learn's digits."""
+    """The whole chain on the embedded default: bundled EfficientNet-Lite0 fine-tuned on scikit-learn's
+    digits, evaluated, then exported to verified FP32, FP16 and INT8 ONNX."""
 
     def body() -> None:
         from .config import TrainConfig
         from .evaluate import evaluate_run
+        from .export import ExportConfig, export
 
         run = out or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
         cfg = TrainConfig(data="digits", out=str(run), epochs=epochs, img_size=img_size, batch_size=32,
@@ -233,8 +237,16 @@ def demo(
         _train_with_display(cfg, False, False, False)
         where, res, classes = evaluate_run(run)
         _print_eval(where, res, classes)
-        out_console.print(f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}%; run at [bold]{run}[/] "
-                          f"(edgetl eval {run})")
+        out_console.rule("export")
+        report = export(ExportConfig(run=str(run), int8=True, fp16=True, calib_size=256),
+                        log=lambda m: out_console.print(m, highlight=False))
+        out_console.print(_artifact_table(report))
+        int8 = report.accuracy["int8"]
+        out_console.print(
+            f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
+            f"INT8 ONNX {int8['top1']:.2f}% ({int8['delta_top1']:+.2f}); run at [bold]{run}[/], "
+            f"artifacts in [bold]{run / 'export'}[/]"
+        )
 
     _guard(body)
 
@@ -315,6 +327,55 @@ def calib(
         info = write_calibration_set(data, size, out, seed, val_split)
         out_console.print(f"wrote {info['size']} images from {info['source']} to {out} "
                           f"({len(info['classes'])} classes; list in {out / 'calib.json'})")
+
+    _guard(body)
+
+
+@app.command()
+def build(
+    onnx: Annotated[Path, typer.Argument(help="ONNX to build: model.int8.onnx (Q/DQ) for --int8, model.fp16.onnx for --fp16 (model.onnx also works on TensorRT 8.x/10.x).")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine. TensorRT 11 builds strongly typed networks only, so it needs the FP16 ONNX.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (unquantized layers in FP16 on TensorRT 8.x/10.x). Without --fp16/--int8 the precision follows the file name.")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder: TensorRT's own INT8 calibration of an FP32 ONNX (TensorRT 8.x/10.x only); preprocessing from the manifest.json next to the ONNX.")] = None,
+    calib_cache: Annotated[Optional[Path], typer.Option(help="With --calib: TensorRT calibration cache, read when it exists (delete it to recalibrate), written after calibration.")] = None,
+    workspace: Annotated[int, typer.Option(help="Builder workspace limit in MB.")] = 1024,
+    dla: Annotated[Optional[int], typer.Option(help="Run on this DLA core (Jetson), unsupported layers fall back to the GPU; needs --fp16 or --int8.")] = None,
+    opt_batch: Annotated[int, typer.Option(help="Batch size TensorRT tunes its kernels for.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (dynamic-batch ONNX; a fixed-batch ONNX keeps its batch).")] = 32,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Tactic timing cache: loaded when it exists, saved after the build; makes rebuilds faster.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Engine file (default: next to the ONNX, e.g. model.int8.engine). Its provenance goes to ENGINE.json beside it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the engine's provenance record (the sidecar) on stdout.")] = False,
+) -> None:
+    """Build a TensorRT engine on this machine; it runs only with this TensorRT version and this GPU."""
+
+    def body() -> None:
+        import time
+
+        from rich.markup import escape
+
+        from .errors import UsageError
+        from .tensorrt import (build_engine, calibration_batches, default_engine_path, onnx_preprocess,
+                               precision_from_name, sidecar_path)
+
+        if fp16 and int8:
+            raise UsageError("--fp16 and --int8 exclude each other (an INT8 engine already runs its unquantized layers in FP16 where it can)")
+        precision = "int8" if int8 else "fp16" if fp16 else precision_from_name(onnx.name)
+        engine = out or default_engine_path(onnx, precision)
+        batches = calibration_batches(calib, onnx_preprocess(onnx), 8) if calib is not None else None
+        start = time.perf_counter()
+        with err_console.status(f"building {escape(str(engine))} ({precision}); TensorRT takes a minute or more"):
+            meta = build_engine(onnx, engine, precision, opt_batch=opt_batch, max_batch=max_batch,
+                                workspace_mb=workspace, dla_core=dla, timing_cache=timing_cache,
+                                calibrator_batches=batches, calib_cache=calib_cache)
+        if as_json:
+            print(json.dumps(meta, indent=2))
+            return
+        out_console.print(
+            f"[bold green]built[/] {escape(str(engine))} ({meta['precision']}, {meta['calibration'] or 'no calibration'}, "
+            f"batch {meta['min_batch']}..{meta['max_batch']}, {engine.stat().st_size / 1e6:.1f} MB, "
+            f"{time.perf_counter() - start:.0f} s) for TensorRT {meta['tensorrt_version']} on {meta['gpu']} "
+            f"(sm {meta['compute_capability']}); provenance in {escape(str(sidecar_path(engine)))}",
+            highlight=False, soft_wrap=True)
 
     _guard(body)
 

@@ -307,7 +307,10 @@ def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm
                   workspace_mb=cfg.workspace_mb, dla_core=cfg.dla, timing_cache=out / "timing.cache")
     plans = []
     if cfg.fp16:
-        fp16_src = out / ("model.fp16.onnx" if trt_mod.strongly_typed() else "model.onnx")
+        from .runtime._trt import import_tensorrt, trt_version
+
+        # TensorRT 11 builds strongly typed networks only: FP16 must already be in the ONNX.
+        fp16_src = out / ("model.fp16.onnx" if trt_version(import_tensorrt()) >= (11,) else "model.onnx")
         plans.append(("fp16", fp16_src, {}))
     if cfg.int8 and (out / "model.int8.onnx").exists():
         if cfg.calib_mode == "implicit":

@@ -86,7 +86,7 @@ def _method(name: str) -> Any:
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-class _Reader:
+class CalibrationReader:
     """Feeds calibration images one at a time: ONNX Runtime's Entropy and Percentile calibrators
     fail on batches larger than 1 (DESIGN.md)."""
 
@@ -104,7 +104,7 @@ class _Reader:
         self.it = None
 
 
-def _prepare(onnx_path: Path, work: Path) -> Path:
+def prepare(onnx_path: Path, work: Path) -> Path:
     """Shape inference and basic graph optimization, as ONNX Runtime asks before quantizing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -113,7 +113,7 @@ def _prepare(onnx_path: Path, work: Path) -> Path:
     return prep
 
 
-def quantize(prep: Path, dst: Path, cache: Path, method: str, reader: _Reader | None, exclude: list[str]) -> None:
+def quantize(prep: Path, dst: Path, cache: Path, method: str, reader: CalibrationReader | None, exclude: list[str]) -> None:
     """One quantize_static call; with ``reader`` None the ranges come from ``cache``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -154,7 +154,7 @@ def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_
     dst = out / "model.int8.onnx"
     with tempfile.TemporaryDirectory(dir=out, prefix=".quant-") as tmp:
         work = Path(tmp)
-        prep = _prepare(onnx_path, work)
+        prep = prepare(onnx_path, work)
         t0 = time.perf_counter()
         if reused:
             log(f"reusing calibration ranges from {cache} ({cfg.calib_method}, {len(split)} images)")
@@ -162,7 +162,7 @@ def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_
         else:
             log(f"calibrating on {len(split)} images ({cfg.calib_method})")
             cache.unlink(missing_ok=True)
-            quantize(prep, work / "q.onnx", work / "ranges.json", cfg.calib_method, _Reader(split, rm.preprocess), [])
+            quantize(prep, work / "q.onnx", work / "ranges.json", cfg.calib_method, CalibrationReader(split, rm.preprocess), [])
             ranges = json.loads((work / "ranges.json").read_text())
             atomic_write_json(cache, {**ranges, "edgetl_key": key})
         calibration["seconds"] = round(time.perf_counter() - t0, 2)
