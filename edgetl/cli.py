@@ -380,6 +380,55 @@ def build(
     _guard(body)
 
 
+@app.command()
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="model.onnx, model.int8.onnx, model.fp16.onnx, *.engine, best.pt or a run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
+    device: Annotated[Device, typer.Option(help="cpu, or cuda for ONNX Runtime's CUDA provider / PyTorch on GPU (engines always run on the GPU).")] = Device.cpu,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON lines) on stdout.")] = False,
+) -> None:
+    """Classify images with an exported artifact; ONNX and TensorRT need no PyTorch."""
+
+    def body() -> None:
+        from .runtime.predictor import Predictor, expand_images
+
+        files = expand_images(images)
+        pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value)
+        if as_json:
+            for p in pred.iter_predict(files, top_k, batch_size):
+                print(json.dumps(p.to_dict()), flush=True)
+            return
+        t = Table(title=f"{artifact} ({pred.runner.backend}, {pred.runner.precision})")
+        t.add_column("image")
+        for i in range(min(top_k, len(pred.classes))):
+            t.add_column(f"top-{i + 1}")
+        for p in pred.iter_predict(files, top_k, batch_size):
+            t.add_row(p.source, *[f"{c} {100 * prob:.1f}%" for _, c, prob in p.top])
+        out_console.print(t)
+
+    _guard(body)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
+) -> None:
+    """What this machine can run: Python, PyTorch, ONNX Runtime providers, TensorRT, GPU, Jetson/JetPack, each backend tried for real, with the command that fixes what is missing."""
+
+    def body() -> None:
+        from .doctor import collect, render
+
+        report = collect()
+        if as_json:
+            print(json.dumps(report, indent=2))
+            return
+        render(report, out_console)
+
+    _guard(body)
+
+
 def main() -> None:
     app()
 

@@ -169,9 +169,8 @@ def _cifar10() -> DataSet:
 def eval_transform(pp: Preprocess) -> T.Compose:
     """Deterministic resize, centre crop and normalization: the recipe every artifact is judged with."""
     return T.Compose([
+        T.Lambda(pp.resize_crop),  # on the PIL image, the exact code the torch-free runtime uses
         T.ToImage(),
-        T.Resize(pp.resize, interpolation=_tv_interp(pp.interpolation), antialias=True),
-        T.CenterCrop(pp.size),
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(list(pp.mean), list(pp.std)),
     ])

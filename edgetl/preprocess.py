@@ -69,6 +69,21 @@ class Preprocess:
     def pil_interpolation(self) -> Image.Resampling:
         return _PIL_INTERP[self.interpolation]
 
+    def resize_crop(self, img: Image.Image) -> Image.Image:
+        """torchvision's Resize(int) + CenterCrop arithmetic on a PIL image (PIL does the resampling)."""
+        w, h = img.size
+        new_w, new_h = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), self.pil_interpolation)
+        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
+        return img.crop((left, top, left + self.size, top + self.size))
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """RGB PIL image → normalized CHW float32, the model input; no PyTorch needed."""
+        x = np.asarray(self.resize_crop(img), dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
 
 def _triple(v: Any) -> tuple[float, float, float]:
     t = tuple(float(x) for x in v)

@@ -582,26 +582,9 @@ def _batches(files: list[Path], pp: Any, batch_size: int) -> Iterator[np.ndarray
 
     batch: list[np.ndarray] = []
     for f in files:
-        batch.append(_preprocess(load_rgb(f), pp))
+        batch.append(pp.to_array(load_rgb(f)))
         if len(batch) == batch_size:
             yield np.stack(batch)
             batch = []
     if batch:
         yield np.stack(batch)
-
-
-def _preprocess(img: Any, pp: Any) -> np.ndarray:
-    """torchvision's Resize(int) + CenterCrop arithmetic on a PIL image, then scale and normalize to CHW."""
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = pp.resize, int(pp.resize * h / w)
-    else:
-        new_w, new_h = int(pp.resize * w / h), pp.resize
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), pp.pil_interpolation)
-    top = int(round((new_h - pp.size) / 2.0))
-    left = int(round((new_w - pp.size) / 2.0))
-    img = img.crop((left, top, left + pp.size, top + pp.size))
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    x = (x - np.asarray(pp.mean, dtype=np.float32)) / np.asarray(pp.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -23,15 +23,6 @@ from edgetl.train import finetune
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """timm's test_resnet (0.5M parameters) on real digits at 32 px: ~94% in 3 quick epochs."""
-    out = tmp_path_factory.mktemp("export") / "run"
-    finetune(TrainConfig(data="digits", out=str(out), model="timm/test_resnet", weights="none", img_size=32,
-                         epochs=3, batch_size=32, lr=3e-3, workers=0))
-    return out
-
-
-@pytest.fixture(scope="module")
 def gray_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A calibration set that teaches near-zero ranges: INT8 then saturates on real images."""
     d = tmp_path_factory.mktemp("gray")

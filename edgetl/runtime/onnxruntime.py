@@ -33,6 +33,9 @@ class OrtRunner:
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ArtifactError(f"{self.path}: ONNX Runtime cannot load it ({first})") from e
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise UsageError(f"{self.path}: ONNX Runtime's CUDA provider failed to load (missing CUDA/cuDNN "
+                             "libraries?); `edgetl doctor` says which")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = inp.shape

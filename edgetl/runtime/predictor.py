@@ -1,0 +1,99 @@
+"""`Predictor`: the deploy-side API. Artifact in, top-k class names and probabilities out, no PyTorch
+unless the artifact is a PyTorch checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, DataError, UsageError
+from ..preprocess import ImageSource, Preprocess, load_rgb
+from .base import Runner, open_runner, softmax
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+@dataclass
+class Prediction:
+    source: str
+    top: list[tuple[int, str, float]]  # (class index, class name, probability), best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source,
+                "top": [{"index": i, "class": c, "probability": p} for i, c, p in self.top]}
+
+
+def artifact_metadata(artifact: Path) -> dict[str, Any]:
+    """Classes and preprocessing for an artifact: manifest.json beside an exported file, run.json of a
+    run folder or beside best.pt, or run.json one folder up from RUN/export/."""
+    artifact = Path(artifact)
+    folder = artifact if artifact.is_dir() else artifact.parent
+    for record in (folder / "manifest.json", folder / "run.json", folder.parent / "run.json"):
+        if record.is_file():
+            try:
+                doc = json.loads(record.read_text())
+                return {"classes": list(doc["classes"]), "preprocess": Preprocess.from_dict(doc["preprocess"]),
+                        "record": str(record)}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ArtifactError(f"{record}: unreadable classes/preprocess ({e})") from e
+    raise ArtifactError(f"{artifact}: no manifest.json or run.json beside it says its classes and preprocessing")
+
+
+class Predictor:
+    """Loads ``model.onnx`` / ``model.int8.onnx`` / ``*.engine`` / ``best.pt`` (or a run folder)."""
+
+    def __init__(self, artifact: Path | str, *, device: str = "cpu", threads: int | None = None) -> None:
+        self.artifact = Path(artifact)
+        meta = artifact_metadata(self.artifact)
+        self.classes: list[str] = meta["classes"]
+        self.preprocess: Preprocess = meta["preprocess"]
+        self.runner: Runner = open_runner(self.artifact, device=device, threads=threads)
+
+    def predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
+        return list(self.iter_predict(images, top_k, batch_size))
+
+    def iter_predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16) -> Iterator[Prediction]:
+        """Predict in batches; paths, PIL images and HxW[xC] uint8 arrays may be mixed."""
+        if top_k < 1 or batch_size < 1:
+            raise UsageError("--top-k and --batch-size must be at least 1")
+        k = min(top_k, len(self.classes))
+        batch: list[tuple[str, np.ndarray]] = []
+        for i, img in enumerate(images):
+            name = str(img) if isinstance(img, (str, Path)) else f"<image {i}>"
+            batch.append((name, self.preprocess.to_array(load_rgb(img))))
+            if len(batch) == batch_size:
+                yield from self._run(batch, k)
+                batch = []
+        if batch:
+            yield from self._run(batch, k)
+
+    def _run(self, batch: Sequence[tuple[str, np.ndarray]], k: int) -> Iterator[Prediction]:
+        probs = softmax(self.runner.run(np.stack([x for _, x in batch])).astype(np.float64))
+        for (name, _), p in zip(batch, probs):
+            top = np.argsort(-p, kind="stable")[:k]
+            yield Prediction(name, [(int(j), self.classes[j], float(p[j])) for j in top])
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def expand_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; folders walked for image files (hidden entries skipped), in sorted order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise DataError(f"{p}: folder holds no images")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such image or folder")
+    return out
