@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from edgetl.data import Split, load_data
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.export import export_onnx, to_fp16
-from edgetl.quantize import CALIB_METHODS, CalibrationReader, calibration_split, prepare, quantize
+from edgetl.quantize import CALIB_METHODS, calibrate, calibration_split, prepare, quantize, stem_nodes
 from edgetl.runtime.onnxruntime import OrtRunner
 
 
@@ -35,13 +36,16 @@ def compare(name: str, model, pp, num_classes: int, calib: Split, val: Split, wo
     r = evaluate_runner(OrtRunner(fp16_path), val, pp, num_classes)
     rows.append((name, "fp16", "-", r.top1, r.top1 - fp32.top1, 0.0))
     prep = prepare(onnx_path, work)
-    for method in CALIB_METHODS:
+    for method, stem in [(m, s) for m in CALIB_METHODS for s in ([], stem_nodes(prep))]:
         q = work / f"{name}.{method}.int8.onnx"
+        ranges = work / f"{name}.{method}.ranges"
         t0 = time.perf_counter()
-        quantize(prep, q, work / f"{name}.{method}.ranges", method, CalibrationReader(calib, pp), [])
+        if not ranges.exists():
+            ranges.write_text(json.dumps(calibrate(prep, calib, pp, method, work)))
+        quantize(prep, q, ranges, method, stem)
         secs = time.perf_counter() - t0
         r = evaluate_runner(OrtRunner(q), val, pp, num_classes)
-        rows.append((name, "int8", method, r.top1, r.top1 - fp32.top1, secs))
+        rows.append((name, "int8", method + (", stem fp32" if stem else ", all int8"), r.top1, r.top1 - fp32.top1, secs))
     return rows
 
 
@@ -76,9 +80,9 @@ def main() -> None:
             rows += compare(args.run.name, rm.model, rm.preprocess, len(rm.classes), calib, ds.val, work)
         if args.imagenet:
             rows += imagenet_rows(args.imagenet, work)
-    print(f"{'model':<24} {'precision':<9} {'calibration':<11} {'top-1 %':>8} {'Δ vs fp32':>10} {'calib s':>8}")
+    print(f"{'model':<24} {'precision':<9} {'calibration':<22} {'top-1 %':>8} {'Δ vs fp32':>10} {'calib s':>8}")
     for name, prec, method, top1, delta, secs in rows:
-        print(f"{name:<24} {prec:<9} {method:<11} {top1:8.2f} {delta:+10.2f} {secs:8.1f}")
+        print(f"{name:<24} {prec:<9} {method:<22} {top1:8.2f} {delta:+10.2f} {secs:8.1f}")
 
 
 if __name__ == "__main__":

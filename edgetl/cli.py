@@ -252,8 +252,8 @@ def demo(
 
 
 class CalibMethod(str, Enum):
-    entropy = "entropy"
     minmax = "minmax"
+    entropy = "entropy"
     percentile = "percentile"
 
 
@@ -269,7 +269,8 @@ def export_cmd(
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (float16 compute, float32 I/O).")] = False,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration images: an ImageFolder or a flat folder (default: a stratified sample of the run's training data).")] = None,
     calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 512,
-    calib_method: Annotated[CalibMethod, typer.Option(help="How activation ranges are chosen from the calibration data.")] = CalibMethod.entropy,
+    calib_method: Annotated[CalibMethod, typer.Option(help="How activation ranges are chosen: minmax (observed range), entropy (TensorRT's KL-divergence threshold, 2,048 bins), percentile (99.999%).")] = CalibMethod.minmax,
+    quantize_stem: Annotated[bool, typer.Option(help="Quantize the first layer too (it sees raw pixels; by default it stays in float, which costs little and saved ~1 point on cifar10-mini).")] = False,
     calib_mode: Annotated[CalibMode, typer.Option(help="explicit: engines build from model.int8.onnx (TensorRT 8.5-11); implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).")] = CalibMode.explicit,
     max_drop: Annotated[float, typer.Option(help="Largest INT8 top-1 drop (points) accepted; past it, the most sensitive layers stay in float.")] = 1.0,
     opset: Annotated[int, typer.Option(help="ONNX opset; 17 keeps TensorRT 8.5 (JetPack 5) able to read it.")] = 17,
@@ -287,7 +288,7 @@ def export_cmd(
 
         cfg = ExportConfig(run=str(run), out=str(out) if out else None, int8=int8, fp16=fp16,
                            calib=str(calib) if calib else None, calib_size=calib_size,
-                           calib_method=calib_method.value, calib_mode=calib_mode.value, max_drop=max_drop,
+                           calib_method=calib_method.value, quantize_stem=quantize_stem, calib_mode=calib_mode.value, max_drop=max_drop,
                            opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
         console = err_console if as_json else out_console
         report = export(cfg, log=lambda m: console.print(m, highlight=False))

@@ -40,7 +40,8 @@ class ExportConfig:
     fp16: bool = False
     calib: str | None = None
     calib_size: int = 512
-    calib_method: str = "entropy"
+    calib_method: str = "minmax"
+    quantize_stem: bool = False
     calib_mode: str = "explicit"
     max_drop: float = 1.0
     opset: int = 17

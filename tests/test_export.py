@@ -59,10 +59,11 @@ def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Pa
     assert entry["verification"]["top1_agreement"] == 1.0 and entry["verification"]["max_abs_diff"] < 1e-3
     # independent check, batch of 5 through the dynamic batch axis
     from edgetl.data import eval_transform, load_data
+    from edgetl.preprocess import load_rgb
 
     rm = load_run_model(run)
     val = load_data("digits").val
-    x = torch.stack([eval_transform(rm.preprocess)(np.stack([val.items[i]] * 3, -1)) for i in range(5)])
+    x = torch.stack([eval_transform(rm.preprocess)(load_rgb(val.items[i])) for i in range(5)])
     with torch.no_grad():
         ref = rm.model(x).numpy()
     np.testing.assert_allclose(OrtRunner(out / "model.onnx").run(x.numpy()), ref, atol=1e-3)
@@ -91,8 +92,11 @@ def test_int8_graph_has_the_shape_tensorrt_needs(tiny_run: Path, tmp_path: Path)
     assert qs and all(not inits[n.input[2]].any() for n in qs)  # symmetric: every zero point is 0
     assert all(inits[n.input[2]].dtype == np.int8 for n in qs)
     dq_out = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    stem = _manifest(out)["calibration"]["float_stem"]
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
-    for conv in convs:
+    assert len(stem) == 1 and stem[0] == convs[0].name  # the first conv sees raw pixels: kept in float
+    assert inits[convs[0].input[1]].dtype == np.float32
+    for conv in convs[1:]:
         w_dq = dq_out[conv.input[1]]
         w = inits[w_dq.input[0]]
         assert w.dtype == np.int8 and inits[w_dq.input[1]].shape == (w.shape[0],)  # per output channel
