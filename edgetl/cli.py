@@ -64,6 +64,10 @@ def _guard(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
     except Exception as e:
         if type(e).__name__ == "Interrupted":
+            import signal
+
+            for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
+                signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
             err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
             raise typer.Exit(getattr(e, "exit_code", 130)) from None
         raise
@@ -108,6 +112,8 @@ def finetune(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (human output goes to stderr).")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode every image first (as `edgetl check-data`); unreadable files are left out and listed in RUN/data_check.json.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse the data (exit 3) on any check-data finding instead of leaving bad files out.")] = False,
 ) -> None:
     """Fine-tune a pretrained CNN on a new image data set; writes best.pt, last.pt, run.json, metrics.csv."""
 
@@ -128,7 +134,8 @@ def finetune(
                 trivial_augment=trivial_augment, seed=seed, device=device.value, amp=amp,
                 channels_last=channels_last, workers=workers,
             )
-        summary = _train_with_display(cfg, resume is not None, quiet, as_json)
+        summary = _train_with_display(cfg, resume is not None, quiet, as_json,
+                                      "strict" if strict else "skip" if check else "off")
         if as_json:
             print(json.dumps({k: v for k, v in summary.__dict__.items()}, default=float))
 
@@ -139,17 +146,16 @@ def _given(flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:])
 
 
-def _train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool) -> Any:
-    from .progress import RichHooks, summary_table
+def _train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Any:
+    from .progress import QuietHooks, RichHooks, summary_table
     from .train import finetune as run_finetune
 
     console = err_console if as_json else out_console
-    hooks = None if quiet else RichHooks(console)
+    hooks = QuietHooks(err_console) if quiet else RichHooks(console)
     try:
-        summary = run_finetune(cfg, resume=resume, hooks=hooks)
+        summary = run_finetune(cfg, resume=resume, hooks=hooks, check=check)
     finally:
-        if hooks:
-            hooks.close()
+        hooks.close()
     if not quiet:
         console.print(summary_table(summary))
     return summary
@@ -191,6 +197,37 @@ def _print_eval(where: str, res: Any, classes: list[str]) -> None:
     for i, (c, acc) in enumerate(zip(classes, res.per_class())):
         t.add_row(c, f"{acc:.1f}%", *([str(int(v)) for v in res.confusion[i]] if show_matrix else []))
     out_console.print(t)
+
+
+@app.command("check-data")
+def check_data_cmd(
+    path: Annotated[Path, typer.Argument(help="ImageFolder root as `finetune --data` takes it: train/ + val/, or one folder of class folders.")],
+    calib: Annotated[Optional[Path], typer.Option(help="Also check a calibration folder (an ImageFolder or a flat folder of images) against the training classes.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 on any finding, warnings included (default: only on problems that stop training).")] = False,
+    min_side: Annotated[int, typer.Option(help="Warn about images whose shorter side is below this (px).")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="Warn about images larger than this; Pillow refuses about 89 MP and up as possible decompression bombs.")] = 40.0,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads (default: one per CPU core, at most 8).")] = None,
+    limit: Annotated[int, typer.Option(help="Findings to list (all of them are in --json).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="The full report as JSON on stdout.")] = False,
+) -> None:
+    """Decode every image and report what `finetune` would leave out or refuse: corrupt, truncated,
+    zero-byte and non-image files, hidden folders, empty classes, classes that differ between
+    train, val and calibration, symlinks leaving the folder, image modes and sizes. Reads only."""
+
+    def body() -> None:
+        from rich.markup import escape
+
+        from .checkdata import check_data
+
+        report = check_data(path, calib, min_side=min_side, max_pixels=int(max_megapixels * 1e6), workers=workers)
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            for line in report.lines(limit):
+                out_console.print(escape(line), highlight=False, soft_wrap=True)
+        report.raise_for(strict)
+
+    _guard(body)
 
 
 @app.command()

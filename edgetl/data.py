@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
+from .checkdata import data_folders, list_image_folder
 from .errors import DataError
 from .preprocess import ImageSource, Preprocess, load_rgb
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 BUILTIN_SOURCES = ("digits", "cifar10")
 
 
@@ -43,8 +43,12 @@ class DataSet:
     hflip: bool = True
 
 
-def load_data(spec: str, val_split: float | None = None, seed: int = 0) -> DataSet:
-    """Resolve ``--data``: ``digits``, ``cifar10``, or an ImageFolder root (with or without train/ and val/)."""
+def load_data(spec: str, val_split: float | None = None, seed: int = 0, skip: Collection[str] = ()) -> DataSet:
+    """Resolve ``--data``: ``digits``, ``cifar10``, or an ImageFolder root (with or without train/ and val/).
+
+    ``skip`` lists files to leave out (the bad files `edgetl check-data` found). They are removed
+    after the split, so which images land in train or val never depends on which files are bad.
+    """
     if val_split is not None and not 0.0 < val_split < 1.0:
         raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
     if spec == "digits":
@@ -56,51 +60,52 @@ def load_data(spec: str, val_split: float | None = None, seed: int = 0) -> DataS
         raise DataError(f"{root}: no such data folder (or pass --data digits / cifar10)")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; --data wants an ImageFolder root, 'digits' or 'cifar10'")
-    train_dir, val_dir = root / "train", root / "val"
-    if train_dir.is_dir() and val_dir.is_dir() and val_split is None:
-        classes, train = scan_image_folder(train_dir)
-        val_classes, val = scan_image_folder(val_dir)
+    folders = data_folders(root, val_split)
+    if "val" in folders:
+        classes, train = scan_image_folder(folders["train"], boundary=root)
+        val_classes, val = scan_image_folder(folders["val"], boundary=root)
         if val_classes != classes:
             only_t = sorted(set(classes) - set(val_classes))
             only_v = sorted(set(val_classes) - set(classes))
             raise DataError(
-                f"{val_dir}: classes differ from {train_dir} "
+                f"{folders['val']}: classes differ from {folders['train']} "
                 f"(only in train: {only_t or '-'}; only in val: {only_v or '-'})"
             )
-        return DataSet(str(root), classes, train, val)
-    folder = train_dir if train_dir.is_dir() else root
-    classes, everything = scan_image_folder(folder)
-    tr, va = stratified_split(everything.labels, val_split or 0.2, seed)
-    return DataSet(str(root), classes, everything.subset(tr), everything.subset(va))
+    else:
+        classes, everything = scan_image_folder(folders["train"], boundary=root)
+        tr, va = stratified_split(everything.labels, val_split or 0.2, seed)
+        train, val = everything.subset(tr), everything.subset(va)
+    if skip:
+        train, val = _without(train, skip), _without(val, skip)
+        present = set(train.labels)
+        empty = [c for i, c in enumerate(classes) if i not in present]
+        if empty:
+            raise DataError(f"{folders['train'] / empty[0]}: no readable training images left after skipping bad files")
+    return DataSet(str(root), classes, train, val)
 
 
-def scan_image_folder(root: Path) -> tuple[list[str], Split]:
+def run_data(info: dict) -> DataSet:
+    """The exact train/val split a run trained on, from its run.json (bad files skipped as then)."""
+    cfg, data = info["config"], info.get("data", {})
+    return load_data(cfg["data"], cfg.get("val_split"), cfg.get("seed", 0), data.get("skipped", ()))
+
+
+def _without(split: Split, skip: Collection[str]) -> Split:
+    s = set(skip)
+    return split.subset([i for i, item in enumerate(split.items) if str(item) not in s])
+
+
+def scan_image_folder(root: Path, boundary: Path | None = None) -> tuple[list[str], Split]:
     """Classes are the sorted, non-hidden sub-folders; hidden files and non-image files are skipped.
 
-    Symlinks whose target leaves ``root`` are refused: a data folder must not read elsewhere.
+    Raises on the first structural problem `check-data` calls an error: no classes, an empty class,
+    or a symlink whose target leaves ``boundary`` (default ``root``): a data folder must not read elsewhere.
     """
-    root = Path(root)
-    real_root = root.resolve()
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
-    items: list[ImageSource] = []
-    labels: list[int] = []
-    for idx, cls in enumerate(classes):
-        n_before = len(items)
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
-                if fn.startswith(".") or Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                p = Path(dirpath) / fn
-                if p.is_symlink() and not p.resolve().is_relative_to(real_root):
-                    raise DataError(f"{p}: symlink points outside the data root {root}, refused")
-                items.append(p)
-                labels.append(idx)
-        if len(items) == n_before:
-            raise DataError(f"{root / cls}: class folder holds no images")
-    return classes, Split(items, labels)
+    listing = list_image_folder(Path(root), boundary)
+    errors = listing.errors()
+    if errors:
+        raise DataError(str(errors[0]))
+    return listing.classes, Split(listing.files, listing.labels)
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Split, eval_transform, load_data, make_loader, scan_image_folder
+from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
 from .errors import ArtifactError, DataError
 from .models import build
 from .preprocess import Preprocess
@@ -45,7 +45,7 @@ def eval_split(run: RunModel, data: str | None) -> tuple[str, Split]:
     """The run's own validation split, or ``data``: its val/ folder, or the whole folder, mapped by class name."""
     cfg = run.run["config"]
     if data is None:
-        ds = load_data(cfg["data"], cfg.get("val_split"), cfg.get("seed", 0))
+        ds = run_data(run.run)  # the run's own split, without the files its data check skipped
         if ds.classes != run.classes:
             raise DataError(f"{cfg['data']}: classes no longer match the run's {run.classes}")
         return f"{cfg['data']} (validation split)", ds.val

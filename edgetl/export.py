@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .data import Split, eval_transform, load_data, make_loader
+from .data import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
 from .io import atomic_write_bytes, atomic_write_json, sha256_file
@@ -93,8 +93,7 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
     log = log or Log()
     out = cfg.out_dir
     rm = load_run_model(Path(cfg.run))
-    data_cfg = rm.run["config"]
-    ds = load_data(data_cfg["data"], data_cfg.get("val_split"), data_cfg.get("seed", 0))
+    ds = run_data(rm.run)  # the run's own split, without the files its data check skipped
     report = ExportReport(str(out))
     manifest = _manifest_base(rm, cfg)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import EdgetlError
+from .errors import ArtifactError, EdgetlError
 
 
 def _read_umask() -> int:
@@ -33,7 +33,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise EdgetlError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -43,11 +43,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quietly(tmp)
-        raise EdgetlError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise _write_error(path, e) from e
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_error(path: Path, e: OSError) -> EdgetlError:
+    kept = "the previous version is unchanged" if path.exists() else "nothing was written"
+    return EdgetlError(f"{path}: cannot write ({e.strerror or e}); {kept}")
+
+
+def resolve_inside(root: Path, rel: str, what: str = "path", error: type[EdgetlError] = ArtifactError) -> Path:
+    """``root / rel`` for a path read from a manifest or a list file, refused unless it stays in ``root``.
+
+    Absolute paths, ``..`` and symlinks whose real path leaves ``root`` are all refused: a file
+    from elsewhere must not make edgetl read (or overwrite) anything outside its own folder.
+    """
+    root = Path(root)
+    if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute():
+        raise error(f"{root}: {what} {rel!r} is not a relative path inside the folder, refused")
+    p = root / rel
+    if not p.resolve().is_relative_to(root.resolve()):
+        raise error(f"{p}: {what} leads outside {root}, refused")
+    return p
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

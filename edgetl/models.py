@@ -218,21 +218,43 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only: pickles that would run code are refused (weights_only=True)."""
     if not path.is_file():
         raise ArtifactError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: not a loadable tensor file ({reason})") from e
+        except Exception as e:  # SafetensorError, OSError: a damaged or foreign file
+            raise ArtifactError(f"{path}: not a loadable tensor file ({_first_line(e)})") from e
+    else:
+        obj = torch_load_tensors(path, "tensor file")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ArtifactError(f"{path}: not a state dict of tensors")
     return obj
+
+
+def torch_load_tensors(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with a one-line reason naming the file.
+
+    A pickle that asks for any other Python object (which could run code) is refused before
+    anything is built; a truncated or damaged file says so instead of printing torch's advice
+    to retry with ``weights_only=False``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if "Weights only load failed" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln), "")
+            raise ArtifactError(f"{path}: not a loadable {what}, refused: it holds Python objects beyond tensors "
+                                f"and plain data, which could run code when loaded ({detail[:160]})") from e
+        raise ArtifactError(f"{path}: not a loadable {what}: truncated or corrupt ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 # ---- fine-tuning strategies -------------------------------------------------------------

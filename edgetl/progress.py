@@ -23,6 +23,9 @@ class RichHooks(Hooks):
         )
         self.task: Any = None
 
+    def data_checked(self, report: Any) -> None:
+        print_data_check(self.console, report)
+
     def start(self, cfg, data, pp, device, amp) -> None:  # type: ignore[override]
         self.console.print(
             f"[bold]edgetl finetune[/] {cfg.model} on {data.name}: {len(data.classes)} classes, "
@@ -68,3 +71,28 @@ def summary_table(summary: Any) -> Table:
         )
     t.caption = f"* best epoch, saved as best.pt: val top-1 {summary.val_top1:.2f}%"
     return t
+
+
+class QuietHooks(Hooks):
+    """`--quiet`: no progress, but skipped files are still worth one warning on stderr."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def data_checked(self, report: Any) -> None:
+        if report.findings:
+            print_data_check(self.console, report, summary_only=True)
+
+    def close(self) -> None:
+        """Nothing on screen to stop (RichHooks stops its progress bars here)."""
+
+
+def print_data_check(console: Console, report: Any, limit: int = 10, summary_only: bool = False) -> None:
+    """`check_data`'s report before training; bad files are left out and listed in the run."""
+    from rich.markup import escape
+
+    lines = report.lines(limit)[:1] if summary_only else report.lines(limit)
+    if report.skipped:
+        lines[0] += "; the bad files are left out of training (list in RUN/data_check.json)"
+    for line in lines:
+        console.print(escape(line), highlight=False, soft_wrap=True)

@@ -130,6 +130,9 @@ def build_engine(
     _check_build_args(onnx_path, engine_path, precision, min_batch, opt_batch, max_batch, workspace_mb, dla_core,
                       calibrator_batches is not None)
     trt = import_tensorrt()
+    from .onnx_check import check_onnx_file
+
+    check_onnx_file(onnx_path)  # TensorRT's parser follows external data paths without ONNX Runtime's checks
     version = trt_version(trt)
     strongly_typed = version[0] >= 11
     if calibrator_batches is not None and strongly_typed:

@@ -1,9 +1,10 @@
 """`edgetl finetune`: transfer learning with the source article's three strategies.
 
 Every epoch ends with an atomic last.pt (model, optimizer, scheduler, scaler), metrics.csv
-and run.json, so a run killed at any point resumes from its last complete epoch. Each
-epoch's randomness (shuffling, augmentation, dropout) is seeded from (seed, epoch), which
-is what makes a resumed run equal to an uninterrupted one.
+and run.json, written as one unit that SIGINT/SIGTERM wait for, so a run stopped or killed at
+any point resumes from its last complete epoch. Each epoch's randomness (shuffling,
+augmentation, dropout) is seeded from (seed, epoch), which is what makes a resumed run equal
+to an uninterrupted one. Weights that stopped being finite are never saved.
 """
 
 from __future__ import annotations
@@ -20,19 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
 from .config import TrainConfig
-from .data import DataSet, eval_transform, load_data, make_loader, train_transform
+from .checkdata import DataReport, check_data
+from .data import BUILTIN_SOURCES, DataSet, eval_transform, load_data, make_loader, train_transform
 from .errors import ArtifactError, TrainingError, UsageError
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .metrics import EvalResult, Scorer
-from .models import apply_strategy, build, set_train_mode
+from .models import apply_strategy, build, set_train_mode, torch_load_tensors
 from .preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")
+CHECK_MODES = ("skip", "strict", "off")  # bad files: skip and list them | refuse the data | do not check
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
 
 
@@ -47,6 +52,7 @@ class Interrupted(Exception):
 class Hooks:
     """Progress callbacks; the CLI draws them, the library stays silent."""
 
+    def data_checked(self, report: DataReport) -> None: ...
     def start(self, cfg: TrainConfig, data: DataSet, pp: Preprocess, device: str, amp: str | None) -> None: ...
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, loss: float, top1: float, images_per_s: float) -> None: ...
@@ -65,14 +71,27 @@ class Summary:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None) -> Summary:
-    """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue from ``cfg.out/last.pt``."""
+def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None, check: str = "skip") -> Summary:
+    """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue from ``cfg.out/last.pt``.
+
+    ``check`` runs `check_data` on an ImageFolder first: ``skip`` leaves bad files out (listed in
+    ``data_check.json``), ``strict`` refuses the data on any finding, ``off`` trusts it.
+    """
     cfg.validate()
+    if check not in CHECK_MODES:
+        raise UsageError(f"check must be one of {', '.join(CHECK_MODES)}")
     hooks = hooks or Hooks()
     out = Path(cfg.out)
+    if not resume and (out / "last.pt").exists():
+        raise UsageError(f"{out}: already holds a run; pass --resume {out} to continue it, or another --out")
     device = _device(cfg.device)
+    report = None
+    if check != "off" and cfg.data not in BUILTIN_SOURCES:
+        report = check_data(Path(cfg.data), val_split=cfg.val_split)
+        report.raise_for(strict=check == "strict")
+        hooks.data_checked(report)
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, cfg.val_split, cfg.seed)
+    data = load_data(cfg.data, cfg.val_split, cfg.seed, report.skipped if report else ())
     built = build(cfg.model, len(data.classes), cfg.weights)
     model, head = built.model, built.head
     pp = built.preprocess.with_size(cfg.img_size) if cfg.img_size else built.preprocess
@@ -92,16 +111,17 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None)
     history: list[dict[str, float]] = []
     if resume:
         state, history = _restore(out, model, opt, sched, scaler, device)
-    elif (out / "last.pt").exists():
-        raise UsageError(f"{out}: already holds a run; pass --resume {out} to continue it, or another --out")
+        _remove_stale_temporaries(out)
 
-    run = _run_json(cfg, data, pp, head, str(device), amp_dtype, len(trainable))
+    run = _run_json(cfg, data, pp, head, str(device), amp_dtype, len(trainable), report)
+    if report is not None:
+        atomic_write_json(out / "data_check.json", report.to_dict())
     hooks.start(cfg, data, pp, str(device), _amp_name(amp_dtype))
     hflip = data.hflip if cfg.hflip is None else cfg.hflip
     workers = _workers(cfg)
     val_loader = make_loader(data.val, eval_transform(pp), cfg.batch_size, shuffle=False, workers=workers)
     status = "running"
-    with _signals_raise():
+    with _Signals() as sig:
         try:
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 t0 = time.perf_counter()
@@ -111,26 +131,33 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None)
                                      shuffle=True, workers=workers, generator=g, drop_last=len(data.train) >= cfg.batch_size,
                                      pin_memory=device.type == "cuda")
                 hooks.epoch_start(epoch, cfg.epochs, len(loader))
-                tr_loss, tr_top1, n_img = _train_epoch(model, loader, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, epoch)
+                tr_loss, tr_top1, n_img = _train_epoch(model, loader, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, epoch, state["epoch"])
                 hooks.validating(len(val_loader))
-                ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, cfg.channels_last)
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits are judged just below
+                    ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, cfg.channels_last)
+                finite = _finite(model)
+                if not (finite and math.isfinite(ev.loss)):
+                    what = f"validation loss {ev.loss}" if finite else "non-finite weights"
+                    raise TrainingError(f"epoch {epoch} ended with {what}, not saved; {_kept(state['epoch'])}; "
+                                        "lower --lr or enable --clip-grad")
                 secs = time.perf_counter() - t0
                 row = {"epoch": epoch, "train_loss": tr_loss, "train_top1": tr_top1, "val_loss": ev.loss,
                        "val_top1": ev.top1, "val_top5": ev.top5, "lr": opt.param_groups[-1]["lr"],
                        "seconds": secs, "images_per_s": n_img / secs}
-                history.append(row)
-                state["epoch"] = epoch
-                improved = ev.top1 > state["best_top1"]
-                if improved:
-                    state.update(best_top1=ev.top1, best_top5=ev.top5, best_epoch=epoch, stale=0)
-                    _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
-                else:
-                    state["stale"] += 1
-                _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
-                _write_metrics(out, history)
-                stop = cfg.early_stop and state["stale"] >= cfg.early_stop
-                status = "early_stopped" if stop else "running"
-                atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                with sig.deferred():  # the epoch's files are one unit: a signal waits until all are written
+                    history.append(row)
+                    state["epoch"] = epoch
+                    improved = ev.top1 > state["best_top1"]
+                    if improved:
+                        state.update(best_top1=ev.top1, best_top5=ev.top5, best_epoch=epoch, stale=0)
+                        _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
+                    else:
+                        state["stale"] += 1
+                    _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
+                    _write_metrics(out, history)
+                    stop = cfg.early_stop and state["stale"] >= cfg.early_stop
+                    status = "early_stopped" if stop else "running"
+                    atomic_write_json(out / "run.json", _with_metrics(run, state, status))
                 hooks.epoch_end(row)
                 if stop:
                     break
@@ -138,15 +165,20 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None)
                 status = "finished"
                 atomic_write_json(out / "run.json", _with_metrics(run, state, status))
         except Interrupted:
+            sig.ignore()  # a second Ctrl-C must not cut the last write short
             if (out / "last.pt").exists():
                 atomic_write_json(out / "run.json", _with_metrics(run, state, "interrupted"))
+            raise
+        except TrainingError as e:
+            if (out / "last.pt").exists():
+                atomic_write_json(out / "run.json", {**_with_metrics(run, state, "failed"), "error": str(e)})
             raise
     return Summary(str(out), status, state["epoch"], state["best_epoch"], state["best_top1"], state["best_top5"], history)
 
 
 def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
                  sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device,
-                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int) -> tuple[float, float, int]:
+                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int, saved: int) -> tuple[float, float, int]:
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
@@ -157,7 +189,7 @@ def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch
             loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                "last.pt keeps the last complete epoch; lower --lr or enable --clip-grad")
+                                f"{_kept(saved)}; lower --lr or enable --clip-grad")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.clip_grad:
@@ -193,6 +225,14 @@ def _to(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: b
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.as_tensor(y).to(device, non_blocking=True)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _kept(saved_epoch: int) -> str:
+    return f"last.pt and best.pt keep epoch {saved_epoch} and earlier" if saved_epoch else "no checkpoint was written"
 
 
 def _device(name: str) -> torch.device:
@@ -285,28 +325,33 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """weights_only=True: tensors and plain data only; anything else is refused as untrusted."""
     if not path.is_file():
         raise ArtifactError(f"{path}: no such checkpoint")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ArtifactError(f"{path}: refused, not a safe, complete edgetl checkpoint ({first})") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "model" not in ck:
-        raise ArtifactError(f"{path}: not an edgetl checkpoint")
+    ck = torch_load_tensors(path, "checkpoint")
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("model"), dict):
+        raise ArtifactError(f"{path}: not an edgetl checkpoint (no {CHECKPOINT_FORMAT!r} format tag)")
     return ck
 
 
 def _restore(out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
              scaler: torch.amp.GradScaler, device: torch.device) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    ck = load_checkpoint(out / "last.pt")
+    path = out / "last.pt"
+    ck = load_checkpoint(path)
     try:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ArtifactError(f"{out / 'last.pt'}: does not fit this model/optimizer ({str(e).splitlines()[0][:160]})") from e
-    sched.load_state_dict(ck["scheduler"])
-    scaler.load_state_dict(ck["scaler"])
-    state = {k: ck[k] for k in ("epoch", "best_top1", "best_top5", "best_epoch", "stale")}
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        state = {k: ck[k] for k in ("epoch", "best_top1", "best_top5", "best_epoch", "stale")}
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ArtifactError(f"{path}: does not fit this run's model, optimizer or schedule ({reason})") from e
     return state, _read_metrics(out)[: state["epoch"]]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """A run killed mid-write leaves a temporary (.last.pt.x1y2.tmp) beside the intact real file."""
+    for p in out.glob(".*.tmp"):
+        if any(p.name.startswith(f".{name}.") for name in RUN_FILES):
+            p.unlink(missing_ok=True)
 
 
 def _write_metrics(out: Path, history: list[dict[str, float]]) -> None:
@@ -327,13 +372,14 @@ def _read_metrics(out: Path) -> list[dict[str, float]]:
 
 
 def _run_json(cfg: TrainConfig, data: DataSet, pp: Preprocess, head: str, device: str,
-              amp_dtype: torch.dtype | None, n_trainable: int) -> dict[str, Any]:
+              amp_dtype: torch.dtype | None, n_trainable: int, report: DataReport | None) -> dict[str, Any]:
     return {
         "schema_version": 1, "edgetl_version": __version__,
         "model": cfg.model, "classes": list(data.classes), "num_classes": len(data.classes),
         "preprocess": pp.to_dict(), "strategy": cfg.strategy, "head": head,
         "data": {"source": data.name, "train_images": len(data.train), "val_images": len(data.val),
-                 "val_split": cfg.val_split, "seed": cfg.seed},
+                 "val_split": cfg.val_split, "seed": cfg.seed,
+                 "skipped": report.skipped if report else [], "check": "data_check.json" if report else None},
         "device": device, "amp": _amp_name(amp_dtype), "trainable_tensors": n_trainable,
         "config": cfg.to_dict(),
     }
@@ -365,19 +411,48 @@ def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
     return cfg
 
 
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT/SIGTERM become ``Interrupted`` so atomic writes clean up and run.json says so."""
-    def handler(signum: int, _frame: Any) -> None:
+class _Signals:
+    """SIGINT/SIGTERM become ``Interrupted``, except inside ``deferred()``, which finishes first.
+
+    Outside the main thread signals are left alone (Python only delivers them there).
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.depth = 0
+        self.ignoring = False
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        try:
+            self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:
+            self.old = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.ignoring:
+            return
+        if self.depth:
+            self.pending = self.pending or signum
+            return
         raise Interrupted(signum)
 
-    try:
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+    def ignore(self) -> None:
+        """Already stopping: later signals change nothing."""
+        self.ignoring = True

@@ -60,7 +60,7 @@ def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(tmp_path: Path) -
     make_image_folder(tmp_path / "d", classes=2, per_class=4)
     (tmp_path / "d" / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     r = run("finetune", "--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none",
-            "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--workers", "1", "--quiet",
+            "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--workers", "1", "--quiet", "--no-check",
             "--out", str(tmp_path / "run"))
     assert r.returncode == 3
     lines = r.stderr.strip().splitlines()

@@ -28,6 +28,9 @@ class OrtRunner:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        from ..onnx_check import check_onnx_file
+
+        check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
