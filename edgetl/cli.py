@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -26,6 +27,13 @@ class Strategy(str, Enum):
     full = "full"
     head = "head"
     partial = "partial"
+
+
+class CacheMode(str, Enum):
+    auto = "auto"
+    memory = "memory"
+    disk = "disk"
+    off = "off"
 
 
 class Optim(str, Enum):
@@ -106,7 +114,11 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling, augmentation and init.")] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when PyTorch sees a GPU.")] = Device.auto,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA: bf16 where supported, else fp16 + GradScaler; off on CPU).")] = None,
-    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA, off on CPU where it was slower).")] = None,
+    cache: Annotated[CacheMode, typer.Option(help="Decode images once into a uint8 cache and augment whole batches as tensors: auto (memory when it fits, else a file under ~/.cache/edgetl), memory, disk, or off (PIL per image in DataLoader workers).")] = CacheMode.auto,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="With --strategy head: run the frozen backbone once and train the head on cached features.")] = True,
+    feature_views: Annotated[int, typer.Option(help="With the feature cache: cache this many augmented views of the training set and cycle through them (0: one un-augmented view).")] = 0,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on GPUs; compiling takes minutes on a CPU).")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: cores - 1, at most 4).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<data>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
@@ -132,11 +144,12 @@ def finetune(
                 optimizer=optimizer.value, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
                 warmup_epochs=warmup_epochs, clip_grad=clip_grad, early_stop=early_stop, hflip=hflip,
                 trivial_augment=trivial_augment, seed=seed, device=device.value, amp=amp,
-                channels_last=channels_last, workers=workers,
+                channels_last=channels_last, workers=workers, cache=cache.value, feature_cache=feature_cache,
+                feature_views=feature_views, compile=compile,
             )
         summary = _train_with_display(cfg, resume is not None, quiet, as_json,
                                       "strict" if strict else "skip" if check else "off")
-        if as_json:
+        if as_json and os.environ.get("RANK", "0") == "0":
             print(json.dumps({k: v for k, v in summary.__dict__.items()}, default=float))
 
     _guard(body)
@@ -150,6 +163,8 @@ def _train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, chec
     from .progress import QuietHooks, RichHooks, summary_table
     from .train import finetune as run_finetune
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        quiet, as_json = True, False
     console = err_console if as_json else out_console
     hooks = QuietHooks(err_console) if quiet else RichHooks(console)
     try:

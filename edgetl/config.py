@@ -10,6 +10,7 @@ from .models import STRATEGIES
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+CACHE_MODES = ("auto", "memory", "disk", "off")
 
 
 @dataclass
@@ -38,8 +39,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None
-    channels_last: bool = True
+    channels_last: bool | None = None
     workers: int | None = None
+    cache: str = "auto"
+    feature_cache: bool = True
+    feature_views: int = 0
+    compile: bool = False
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -57,6 +62,8 @@ class TrainConfig:
             (self.clip_grad >= 0, "--clip-grad must be >= 0"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
+            (self.cache in CACHE_MODES, f"--cache must be one of {', '.join(CACHE_MODES)}"),
+            (self.feature_views >= 0, "--feature-views must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -44,6 +44,16 @@ class Scorer:
         self.loss_sum += float(-logp[np.arange(len(labels)), labels].sum())
         self.n += len(labels)
 
+    def state(self) -> np.ndarray:
+        """Everything ``result`` needs, as one float64 vector (to sum across processes)."""
+        return np.concatenate([self.conf.ravel().astype(np.float64), [self.topk_hits, self.loss_sum, self.n]])
+
+    def merge(self, total: np.ndarray) -> None:
+        """Replace the counts with ``total``, the sum of every process's ``state()``."""
+        k = self.conf.size
+        self.conf = total[:k].round().astype(np.int64).reshape(self.conf.shape)
+        self.topk_hits, self.loss_sum, self.n = int(round(total[k])), float(total[k + 1]), int(round(total[k + 2]))
+
     def result(self) -> EvalResult:
         if self.n == 0:
             from .errors import DataError

@@ -36,6 +36,14 @@ class RichHooks(Hooks):
         )
         self.progress.start()
 
+    def preparing(self, what: str, steps: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(what, total=steps, info="")
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.update(self.task, advance=n)
+
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)

@@ -28,7 +28,11 @@ from torch import nn
 from . import __version__
 from .config import TrainConfig
 from .checkdata import DataReport, check_data
-from .data import BUILTIN_SOURCES, DataSet, eval_transform, load_data, make_loader, train_transform
+from .data import BUILTIN_SOURCES, DataSet, load_data
+from .distributed import Dist, all_sum
+from .distributed import setup as setup_dist
+from .distributed import teardown as teardown_dist
+from .feed import CachedFeed, Feed, FeatureFeed, LoaderFeed, epoch_seed
 from .errors import ArtifactError, TrainingError, UsageError
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .metrics import EvalResult, Scorer
@@ -57,6 +61,8 @@ class Hooks:
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, loss: float, top1: float, images_per_s: float) -> None: ...
     def validating(self, steps: int) -> None: ...
+    def preparing(self, what: str, steps: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
     def epoch_end(self, row: dict[str, float]) -> None: ...
 
 
@@ -96,12 +102,27 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
     model, head = built.model, built.head
     pp = built.preprocess.with_size(cfg.img_size) if cfg.img_size else built.preprocess
     trainable = apply_strategy(model, head, cfg.strategy, cfg.unfreeze)
+    d = setup_dist(device.type)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    if not d.main:
+        hooks = Hooks()  # only rank 0 draws progress and writes files
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     model.to(device)
-    if cfg.channels_last:
+    if channels_last:  # fast on GPUs; on CPUs it made Lite0 training 2x slower (RESULTS.md)
         model.to(memory_format=torch.channels_last)
-
     amp_dtype = _amp_dtype(cfg.amp, device)
-    steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
+    hflip = data.hflip if cfg.hflip is None else cfg.hflip
+    hooks.start(cfg, data, pp, str(device), _amp_name(amp_dtype))
+    feed, net = _feed(cfg, data, pp, model, head, d, device, amp_dtype, channels_last, hflip, hooks)
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    steps_per_epoch = max(1, feed.train(1)[0])
     opt = _optimizer(model, cfg, head, set(trainable))
     sched = _scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -111,30 +132,28 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
     history: list[dict[str, float]] = []
     if resume:
         state, history = _restore(out, model, opt, sched, scaler, device)
-        _remove_stale_temporaries(out)
+        if d.main:
+            _remove_stale_temporaries(out)
 
     run = _run_json(cfg, data, pp, head, str(device), amp_dtype, len(trainable), report)
-    if report is not None:
+    run["world_size"] = d.world
+    run["input_pipeline"] = type(feed).__name__
+    if report is not None and d.main:
         atomic_write_json(out / "data_check.json", report.to_dict())
-    hooks.start(cfg, data, pp, str(device), _amp_name(amp_dtype))
-    hflip = data.hflip if cfg.hflip is None else cfg.hflip
-    workers = _workers(cfg)
-    val_loader = make_loader(data.val, eval_transform(pp), cfg.batch_size, shuffle=False, workers=workers)
     status = "running"
     with _Signals() as sig:
         try:
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 t0 = time.perf_counter()
-                torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-                g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-                loader = make_loader(data.train, train_transform(pp, hflip, cfg.trivial_augment), cfg.batch_size,
-                                     shuffle=True, workers=workers, generator=g, drop_last=len(data.train) >= cfg.batch_size,
-                                     pin_memory=device.type == "cuda")
-                hooks.epoch_start(epoch, cfg.epochs, len(loader))
-                tr_loss, tr_top1, n_img = _train_epoch(model, loader, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, epoch, state["epoch"])
-                hooks.validating(len(val_loader))
+                torch.manual_seed(epoch_seed(cfg.seed, epoch))
+                steps, batches = feed.train(epoch)
+                hooks.epoch_start(epoch, cfg.epochs, steps)
+                tr_loss, tr_top1, n_img = _train_epoch(model, net, batches, criterion, opt, sched, scaler, cfg, device,
+                                                       amp_dtype, hooks, epoch, state["epoch"], d, channels_last)
+                val_steps, val_batches = feed.val()
+                hooks.validating(val_steps)
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits are judged just below
-                    ev = evaluate_loader(model, val_loader, device, len(data.classes), amp_dtype, cfg.channels_last)
+                    ev = evaluate_batches(net, val_batches, device, len(data.classes), amp_dtype, channels_last, d)
                 finite = _finite(model)
                 if not (finite and math.isfinite(ev.loss)):
                     what = f"validation loss {ev.loss}" if finite else "non-finite weights"
@@ -150,42 +169,69 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
                     improved = ev.top1 > state["best_top1"]
                     if improved:
                         state.update(best_top1=ev.top1, best_top5=ev.top5, best_epoch=epoch, stale=0)
-                        _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
                     else:
                         state["stale"] += 1
-                    _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
-                    _write_metrics(out, history)
-                    stop = cfg.early_stop and state["stale"] >= cfg.early_stop
+                    stop = bool(cfg.early_stop and state["stale"] >= cfg.early_stop)
                     status = "early_stopped" if stop else "running"
-                    atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                    if d.main:
+                        if improved:
+                            _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
+                        _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
+                        _write_metrics(out, history)
+                        atomic_write_json(out / "run.json", _with_metrics(run, state, status))
                 hooks.epoch_end(row)
                 if stop:
                     break
             else:
                 status = "finished"
-                atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                if d.main:
+                    atomic_write_json(out / "run.json", _with_metrics(run, state, status))
         except Interrupted:
             sig.ignore()  # a second Ctrl-C must not cut the last write short
-            if (out / "last.pt").exists():
+            if d.main and (out / "last.pt").exists():
                 atomic_write_json(out / "run.json", _with_metrics(run, state, "interrupted"))
             raise
         except TrainingError as e:
-            if (out / "last.pt").exists():
+            if d.main and (out / "last.pt").exists():
                 atomic_write_json(out / "run.json", {**_with_metrics(run, state, "failed"), "error": str(e)})
             raise
+        finally:
+            teardown_dist(d)
     return Summary(str(out), status, state["epoch"], state["best_epoch"], state["best_top1"], state["best_top5"], history)
 
 
-def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
+def _feed(cfg: TrainConfig, data: DataSet, pp: Preprocess, model: nn.Module, head: str, d: Dist,
+          device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool, hflip: bool,
+          hooks: Hooks) -> tuple[Feed, nn.Module]:
+    """The input pipeline for this run, and the module the loop calls (the head alone on features)."""
+    bs = max(1, cfg.batch_size // d.world)  # the global batch is split between ranks
+    images: LoaderFeed | CachedFeed
+    if cfg.cache == "off":
+        images = LoaderFeed(data, pp, bs, hflip, cfg.trivial_augment, _workers(cfg), cfg.seed, d, device.type == "cuda")
+    else:
+        hooks.preparing("decoding images into the cache", len(data.train) + len(data.val))
+        images = CachedFeed(data, pp, bs, hflip, cfg.trivial_augment, cfg.seed, d, device, cfg.cache, hooks.advance)
+    if cfg.strategy == "head" and cfg.feature_cache:
+        def progress(what: str, steps: int) -> Any:
+            hooks.preparing(what, steps)
+            return lambda n: hooks.advance()
+
+        feats = FeatureFeed(images, model, head, cfg.feature_views, cfg.seed, bs, device, amp_dtype, channels_last, progress)
+        return feats, model.get_submodule(head)
+    return images, model
+
+
+def _train_epoch(model: nn.Module, net: nn.Module, batches: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
                  sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device,
-                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int, saved: int) -> tuple[float, float, int]:
+                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int, saved: int, d: Dist,
+                 channels_last: bool) -> tuple[float, float, int]:
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-    for step, (x, y) in enumerate(loader):
-        x, y = _to(x, y, device, cfg.channels_last)
+    for step, (x, y) in enumerate(batches):
+        x, y = _to(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = net(x)
             loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
@@ -202,27 +248,37 @@ def _train_epoch(model: nn.Module, loader: Any, criterion: nn.Module, opt: torch
         loss_sum += loss.item() * bs
         correct += int((logits.argmax(1) == y).sum())
         n += bs
-        hooks.step(loss_sum / n, 100.0 * correct / n, n / (time.perf_counter() - t0))
+        hooks.step(loss_sum / n, 100.0 * correct / n, n * d.world / (time.perf_counter() - t0))
+    totals = all_sum(d, torch.tensor([loss_sum, float(correct), float(n)], dtype=torch.float64))
+    loss_sum, correct, n = float(totals[0]), float(totals[1]), int(totals[2])
     return loss_sum / max(n, 1), 100.0 * correct / max(n, 1), n
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: Any, device: torch.device, num_classes: int,
-                    amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EvalResult:
-    """Top-1/top-5 (percent), mean cross-entropy and the confusion matrix over ``loader``."""
-    model.eval()
+def evaluate_batches(net: nn.Module, batches: Any, device: torch.device, num_classes: int,
+                     amp_dtype: torch.dtype | None = None, channels_last: bool = False, d: Dist | None = None) -> EvalResult:
+    """Top-1/top-5 (percent), mean cross-entropy and the confusion matrix, summed over ranks."""
+    net.eval()
     scorer = Scorer(num_classes)
-    for x, y in loader:
+    for x, y in batches:
         x, y = _to(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x).float()
+            logits = net(x).float()
         scorer.update(logits.cpu().numpy(), y.cpu().numpy())
+    if d is not None and d.enabled:
+        scorer.merge(all_sum(d, torch.from_numpy(scorer.state())).numpy())
     return scorer.result()
+
+
+def evaluate_loader(model: nn.Module, loader: Any, device: torch.device, num_classes: int,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EvalResult:
+    """`evaluate_batches` for a DataLoader of images (what `edgetl eval` uses)."""
+    return evaluate_batches(model, loader, device, num_classes, amp_dtype, channels_last)
 
 
 def _to(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.to(device, non_blocking=True)
-    if channels_last:
+    if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.as_tensor(y).to(device, non_blocking=True)
 
@@ -260,10 +316,6 @@ def _workers(cfg: TrainConfig) -> int:
     if cfg.workers is not None:
         return cfg.workers
     return min(4, max(0, (os.cpu_count() or 1) - 1))
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, head: str, trainable: set[str]) -> torch.optim.Optimizer:
