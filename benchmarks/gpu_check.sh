@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One-shot GPU check (run on a machine with an NVIDIA GPU, from the repository root):
+#   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.log
+# 1. the CUDA/TensorRT tests, 2. AMP fp16/bf16 vs fp32 training throughput with and without
+# torch.compile, 3. PyTorch eager vs ONNX Runtime latency (CUDA provider where installed),
+# then a short summary. Uses the Python on PATH (or $PYTHON) with PyTorch already installed;
+# installs nothing from the network.
+set -uo pipefail
+PY=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+summary=()
+note() { summary+=("$1"); }
+
+echo "== environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+$PY - <<'PY'
+import importlib
+for m in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "tensorrt"):
+    try:
+        mod = importlib.import_module(m)
+        extra = ""
+        if m == "torch":
+            extra = f" cuda={mod.version.cuda} available={mod.cuda.is_available()}"
+        if m == "onnxruntime":
+            extra = f" providers={mod.get_available_providers()}"
+        print(f"{m} {mod.__version__}{extra}")
+    except Exception as e:
+        print(f"{m} missing ({type(e).__name__})")
+PY
+
+echo "== 1. CUDA and TensorRT tests"
+if $PY -m pytest -q -m "gpu or tensorrt" tests/test_gpu.py tests/test_tensorrt.py -p no:cacheprovider; then
+  note "tests: gpu/tensorrt passed (skips shown above)"
+else
+  note "tests: FAILED (see above)"
+fi
+
+echo "== 2. AMP training throughput (Lite0, 224 px, batch 64)"
+if $PY benchmarks/amp_throughput.py --device cuda --img-size 224 --batch-size 64 --steps 30 | tee /tmp/amp.txt; then
+  note "amp: $(tail -n +2 /tmp/amp.txt | tr -s ' ' | paste -sd ';' -)"
+else
+  note "amp: failed"
+fi
+
+echo "== 3. Latency: PyTorch eager vs ONNX Runtime"
+$PY - <<'PY' | tee /tmp/latency.txt
+import time, tempfile, numpy as np, torch
+from pathlib import Path
+from edgetl.models import build
+from edgetl.export import export_onnx
+import onnxruntime as ort
+
+def timeit(fn, n=200):
+    for _ in range(20):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(ts))
+
+model = build("efficientnet_lite0", 1000, "imagenet").model.eval().cuda()
+for bs in (1, 8):
+    x = torch.randn(bs, 3, 224, 224, device="cuda")
+    def eager():
+        with torch.inference_mode():
+            model(x); torch.cuda.synchronize()
+    print(f"torch eager fp32 batch {bs}: {timeit(eager):.2f} ms")
+    with torch.autocast("cuda", dtype=torch.float16):
+        def eager16():
+            with torch.inference_mode():
+                model(x); torch.cuda.synchronize()
+        print(f"torch eager amp-fp16 batch {bs}: {timeit(eager16):.2f} ms")
+with tempfile.TemporaryDirectory() as d:
+    p = Path(d) / "m.onnx"
+    export_onnx(model.cpu(), p, 224, 17)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        s = ort.InferenceSession(str(p), providers=["CUDAExecutionProvider"])
+        for bs in (1, 8):
+            xn = np.random.randn(bs, 3, 224, 224).astype(np.float32)
+            print(f"onnxruntime cuda fp32 batch {bs}: {timeit(lambda: s.run(None, {'input': xn})):.2f} ms")
+    else:
+        print("onnxruntime: no CUDAExecutionProvider here (pip install 'edgetl[gpu]'); skipped")
+PY
+note "latency: $(paste -sd ';' /tmp/latency.txt)"
+
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
