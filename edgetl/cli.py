@@ -131,7 +131,6 @@ def finetune(
 
     def body() -> None:
         from .config import TrainConfig
-        from .train import finetune as run_finetune
         from .train import resume_config
 
         if resume is not None:

@@ -11,7 +11,7 @@ same batches as an uninterrupted one; under torchrun each rank takes its own sha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
