@@ -481,6 +481,66 @@ def doctor(
     _guard(body)
 
 
+@app.command()
+def bench(
+    targets: Annotated[list[Path], typer.Argument(help="Run folders (the original best.pt against every artifact in RUN/export), export folders, or artifact files (.onnx, .engine, best.pt).")],
+    data: Annotated[Optional[str], typer.Option(help="Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' (default: the run's own validation split).")] = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated rows to produce: torch, ort-fp32, ort-fp16, ort-int8, trt-fp16, trt-int8.")] = "torch,ort-fp32,ort-fp16,ort-int8,trt-fp16,trt-int8",
+    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,8",
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each row's timing (per round).")] = 10,
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per row and round (default: at least 100 samples over all rounds and --min-seconds per round).")] = None,
+    min_seconds: Annotated[Optional[float], typer.Option(help="Least timed seconds per row and round (default 1).")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Interleaved rounds over all rows; p50 is the median of the rounds' medians (default 1; 3 with --baseline or --save-baseline).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and ONNX Runtime (default: the cores this process may use).")] = None,
+    device: Annotated[Device, typer.Option(help="auto: PyTorch on CUDA when it sees a GPU, ONNX Runtime on CPU; cuda: both on CUDA. TensorRT always runs on the GPU.")] = Device.auto,
+    e2e: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Also time decode + preprocess + inference from image files.")] = True,
+    roofline: Annotated[bool, typer.Option("--roofline", help="Measure this machine's matrix-multiply peaks, count the model's FLOPs, report GFLOP/s and the fraction of peak.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Gate against an earlier --json report: exit 1 on a latency or accuracy regression.")] = None,
+    max_regression: Annotated[float, typer.Option(help="Largest accepted p50 latency growth against the baseline, as a fraction.")] = 0.10,
+    max_drop: Annotated[float, typer.Option(help="Largest accepted top-1 drop against the baseline, in points.")] = 1.0,
+    save_baseline: Annotated[Optional[Path], typer.Option(help="Write this report as a baseline (not when the gate fails).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Accuracy and latency of the original model and every exported artifact, side by side; a CI regression gate."""
+
+    def body() -> None:
+        from rich.markup import escape
+
+        from .bench import (BenchConfig, gate_lines, markdown as to_markdown, parse_backends, parse_batch_sizes,
+                            run_bench, save_report, table)
+        from .io import atomic_write_text
+
+        cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
+                          batch_sizes=parse_batch_sizes(batch_size), warmup=warmup, iters=iters,
+                          min_seconds=min_seconds, rounds=rounds, threads=threads, device=device.value, e2e=e2e,
+                          roofline=roofline, baseline=str(baseline) if baseline else None,
+                          max_regression=max_regression, max_drop=max_drop,
+                          save_baseline=str(save_baseline) if save_baseline else None)
+        report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
+        out_console.print(table(report))
+        lines = gate_lines(report)
+        for i, line in enumerate(lines):
+            style = "" if i else "[bold green]" if report["gate"]["passed"] else "[bold red]"
+            out_console.print(f"{style}{escape(line)}", highlight=False, soft_wrap=True)
+        if json_out:
+            save_report(json_out, report)
+        if markdown:
+            atomic_write_text(markdown, to_markdown(report))
+        failed = report["gate"] is not None and not report["gate"]["passed"]
+        if save_baseline:
+            shown = escape(str(save_baseline))
+            if failed:
+                err_console.print(f"baseline {shown} not written: the gate failed")
+            else:
+                out_console.print(f"baseline written to {shown}", highlight=False)
+        if failed:
+            raise typer.Exit(1)
+
+    _guard(body)
+
+
 def main() -> None:
     app()
 
