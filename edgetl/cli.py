@@ -275,7 +275,7 @@ def demo(
     img_size: Annotated[int, typer.Option(help="Input size in px.")] = 64,
 ) -> None:
     """The whole chain on the embedded default: bundled EfficientNet-Lite0 fine-tuned on scikit-learn's
-    digits, evaluated, then exported to verified FP32, FP16 and INT8 ONNX."""
+    digits, evaluated, exported to verified FP32, FP16 and INT8 ONNX, and benchmarked."""
 
     def body() -> None:
         from .config import TrainConfig
@@ -290,8 +290,15 @@ def demo(
         _print_eval(where, res, classes)
         out_console.rule("export")
         report = export(ExportConfig(run=str(run), int8=True, fp16=True, calib_size=256),
-                        log=lambda m: out_console.print(m, highlight=False))
+                        log=lambda m: out_console.print(m, highlight=False, markup=False))
         out_console.print(_artifact_table(report))
+        out_console.rule("bench")
+        from .bench import BenchConfig, run_bench, table
+
+        bench_report = run_bench(BenchConfig(targets=[str(run)], backends=("torch", "ort-fp32", "ort-fp16", "ort-int8"),
+                                             batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
+                                 log=lambda m: out_console.print(m, highlight=False, markup=False))
+        out_console.print(table(bench_report))
         int8 = report.accuracy["int8"]
         out_console.print(
             f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
@@ -342,7 +349,7 @@ def export_cmd(
                            calib_method=calib_method.value, quantize_stem=quantize_stem, calib_mode=calib_mode.value, max_drop=max_drop,
                            opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
         console = err_console if as_json else out_console
-        report = export(cfg, log=lambda m: console.print(m, highlight=False))
+        report = export(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
         if as_json:
             print(json.dumps(report.__dict__, default=str))
             return
