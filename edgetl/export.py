@@ -42,6 +42,7 @@ class ExportConfig:
     calib_size: int = 512
     calib_method: str = "minmax"
     quantize_stem: bool = False
+    int8_cpu: bool = False
     calib_mode: str = "explicit"
     max_drop: float = 1.0
     opset: int = 17
@@ -136,8 +137,12 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
         report.guard = int8.guard
         manifest["calibration"] = int8.calibration
         if int8.ok:
-            manifest["artifacts"].append(_entry(out / "model.int8.onnx", "int8", "onnx", cfg.opset,
+            manifest["artifacts"].append(_entry(out / "model.int8.onnx", "int8", "onnx", cfg.opset, target="tensorrt",
                                                 accuracy=int8.accuracy, float_layers=int8.guard.get("float_layers", [])))
+            if int8.cpu and int8.cpu["written"]:
+                report.accuracy["int8-cpu"] = int8.cpu["accuracy"]
+                manifest["artifacts"].append(_entry(out / "model.int8-cpu.onnx", "int8", "onnx", cfg.opset, target="cpu",
+                                                    accuracy=int8.cpu["accuracy"], float_layers=int8.cpu["float_layers"]))
         else:
             report.ok = False
             failure = EdgetlError(int8.message)

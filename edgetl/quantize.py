@@ -29,9 +29,12 @@ from .io import atomic_write_bytes, atomic_write_json, sha256_file
 from .metrics import EvalResult
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-CALIBRATOR_VERSION = 2  # bump when calibrate() changes, so old calib.cache files are not reused
+CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused
 PROBE_IMAGES = 64  # calibration images whose FP32 logits rank layer sensitivity
 QUANT_SETTINGS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+# ONNX Runtime's x86 integer kernels (VNNI vpdpbusd) multiply u8 activations by s8 weights: on this
+# project's CPU that layout ran 2-4x faster than FP32, the TensorRT layout 0.5-0.9x (RESULTS.md).
+CPU_SETTINGS = {"ActivationSymmetric": False, "WeightSymmetric": True}
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -42,6 +45,7 @@ class Int8Result:
     calibration: dict[str, Any]
     guard: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    cpu: dict[str, Any] | None = None
 
 
 def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) -> Split:
@@ -126,11 +130,11 @@ def calibrate(prep: Path, split: Split, pp: Any, method: str, work: Path) -> dic
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    options: dict[str, Any] = {"symmetric": True}
+    options: dict[str, Any] = {}  # minmax ranges stay asymmetric: the CPU variant's UINT8 activations use both ends
     if method == "entropy":
-        options.update(num_bins=2048, num_quantized_bins=128)
+        options.update(symmetric=True, num_bins=2048, num_quantized_bins=128)
     elif method == "percentile":
-        options.update(num_bins=2048, percentile=99.999)
+        options.update(symmetric=True, num_bins=2048, percentile=99.999)
     calibrator = create_calibrator(prep, sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),
                                    augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=_method(method), extra_options=options)
@@ -141,15 +145,17 @@ def calibrate(prep: Path, split: Split, pp: Any, method: str, work: Path) -> dic
     return json.loads((work / "ranges.json").read_text())
 
 
-def quantize(prep: Path, dst: Path, cache: Path, method: str, exclude: list[str]) -> None:
-    """One quantize_static call with the ranges in ``cache``: cheap, so the guard can repeat it."""
+def quantize(prep: Path, dst: Path, cache: Path, method: str, exclude: list[str], cpu: bool = False) -> None:
+    """One quantize_static call with the ranges in ``cache``: cheap, so the guard can repeat it.
+    ``cpu`` makes the UINT8-activation layout for ONNX Runtime on x86/ARM CPUs instead of TensorRT's."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing advice is noise here
     quantize_static(
         str(prep), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_method(method),
-        nodes_to_exclude=exclude, extra_options=dict(QUANT_SETTINGS), calibration_cache_path=str(cache),
+        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=_method(method), nodes_to_exclude=exclude,
+        extra_options=dict(CPU_SETTINGS if cpu else QUANT_SETTINGS), calibration_cache_path=str(cache),
     )
 
 
@@ -232,8 +238,32 @@ def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_
                                   f"no model.int8.onnx written (try another --calib-method or more --calib-size)")
             best, acc = found["path"], found["accuracy"]
         atomic_write_bytes(dst, best.read_bytes())
-    guard["final_drop"] = fp32_acc.top1 - acc.top1
-    return Int8Result(True, _acc(acc, fp32_acc), calibration, guard)
+        guard["final_drop"] = fp32_acc.top1 - acc.top1
+        result = Int8Result(True, _acc(acc, fp32_acc), calibration, guard)
+        if cfg.int8_cpu:
+            result.cpu = _cpu_variant(prep, work, cache, cfg, floats + [x["name"] for x in guard["float_layers"]],
+                                      rm, ds, fp32_acc, out, log)
+    return result
+
+
+def _cpu_variant(prep: Path, work: Path, cache: Path, cfg: Any, floats: list[str], rm: Any, ds: DataSet,
+                 fp32_acc: EvalResult, out: Path, log: Any) -> dict[str, Any]:
+    """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout.
+    Written only when its drop is within the budget too; the result says either way."""
+    from .evaluate import evaluate_runner
+    from .runtime.onnxruntime import OrtRunner
+
+    q = work / "cpu.onnx"
+    quantize(prep, q, cache, cfg.calib_method, floats, cpu=True)
+    acc = evaluate_runner(OrtRunner(q), ds.val, rm.preprocess, len(rm.classes))
+    drop = fp32_acc.top1 - acc.top1
+    log(f"CPU INT8 (u8 activations, s8 weights): top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
+    info = {"accuracy": _acc(acc, fp32_acc), "float_layers": floats, "written": drop <= cfg.max_drop}
+    if info["written"]:
+        atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
+    else:
+        log(f"model.int8-cpu.onnx not written: its drop exceeds --max-drop {cfg.max_drop}")
+    return info
 
 
 def _acc(acc: EvalResult, ref: EvalResult) -> dict[str, float]:

@@ -193,3 +193,19 @@ def test_bad_export_options_are_usage_errors(tiny_run: Path) -> None:
         export(ExportConfig(run=str(tiny_run), opset=11))
     with pytest.raises(EdgetlError, match="--batch"):
         export(ExportConfig(run=str(tiny_run), batch="many"))
+
+
+def test_cpu_int8_variant_uses_uint8_activations(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, engine=False, calib_size=64))
+    out = run / "export"
+    m = onnx.load(str(out / "model.int8-cpu.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    entry = next(a for a in _manifest(out)["artifacts"] if a["file"] == "model.int8-cpu.onnx")
+    assert entry["target"] == "cpu" and entry["precision"] == "int8" and entry["sha256"] == sha256_file(out / entry["file"])
+    assert report.accuracy["int8-cpu"]["delta_top1"] >= -1.0  # within the default --max-drop, or not written
+    from edgetl.runtime import Predictor
+
+    assert Predictor(out / "model.int8-cpu.onnx").runner.precision == "int8"
