@@ -63,7 +63,7 @@ def test_every_row_has_the_schema_fields(report: dict) -> None:
             continue
         assert row["status"] == "ok", row
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["samples"] == 5
-        assert row["throughput"] == pytest.approx(row["batch_size"] * 1000 / row["mean_ms"], rel=1e-3)
+        assert row["throughput"] == pytest.approx(row["batch_size"] * 1000 / row["mean_ms"], rel=1e-2)  # ms kept to 0.1 µs
         assert row["e2e_p50_ms"] > 0 and row["e2e_samples"] == 5
         assert row["size_mb"] > 0 and len(row["sha256"]) == 64 and row["device"] == "cpu"
         assert row["gflops"] > 0 and 0 < row["peak_fraction"] and row["peak_kind"].startswith("cpu")
