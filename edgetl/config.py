@@ -39,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None
-    channels_last: bool | None = None
+    channels_last: bool = True
     workers: int | None = None
     cache: str = "auto"
     feature_cache: bool = True

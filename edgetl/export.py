@@ -115,7 +115,7 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
     if cfg.fp16:
         fp16_path = out / "model.fp16.onnx"
         to_fp16(onnx_path, fp16_path)
-        agree = _agreement(OrtRunner(onnx_path), OrtRunner(fp16_path), x_verify)
+        agree = _agreement(OrtRunner(onnx_path, own=True), OrtRunner(fp16_path, own=True), x_verify)
         if agree["top1_agreement"] < MIN_FP16_AGREEMENT:
             raise ArtifactError(f"{fp16_path}: FP16 disagrees with FP32 on {100 * (1 - agree['top1_agreement']):.1f}% "
                                 "of the verification images")
@@ -129,7 +129,7 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
         from .quantize import build_int8
 
         log(f"evaluating FP32 ONNX on {len(ds.val)} validation images")
-        fp32_acc = evaluate_runner(OrtRunner(onnx_path), ds.val, rm.preprocess, len(rm.classes))
+        fp32_acc = evaluate_runner(OrtRunner(onnx_path, own=True), ds.val, rm.preprocess, len(rm.classes))
         report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5}
         fp32_entry["accuracy"] = report.accuracy["fp32"]
         int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log)
@@ -247,7 +247,7 @@ def verify_against_torch(onnx_path: Path, model: nn.Module, x: np.ndarray) -> di
 
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()
-    got = OrtRunner(onnx_path).run(x)
+    got = OrtRunner(onnx_path, own=True).run(x)
     diff = float(np.abs(got - ref).max())
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
     tol = MAX_LOGIT_DIFF * max(1.0, float(np.abs(ref).max()))

@@ -286,10 +286,10 @@ def _guard(prep: Path, work: Path, cache: Path, cfg: Any, split: Split, rm: Any,
 
     probe = split.subset(range(min(PROBE_IMAGES, len(split))))
     x = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(rm.preprocess), 64, shuffle=False, workers=0)])
-    ref = OrtRunner(onnx_path).run(x)
+    ref = OrtRunner(onnx_path, own=True).run(x)
 
     def error(path: Path) -> float:
-        return float(np.mean((OrtRunner(path).run(x) - ref) ** 2))
+        return float(np.mean((OrtRunner(path, own=True).run(x) - ref) ** 2))
 
     base_err = error(work / "q.onnx")
     candidates = quantized_nodes(work / "q.onnx")

@@ -146,7 +146,10 @@ def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_cal
     m = onnx.load(str(run / "export" / "model.int8.onnx"))
     dq_outputs = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     by_name = {n.name: n for n in m.graph.node}
-    for layer in guard["float_layers"]:
+    weighted = [x for x in guard["float_layers"] if x["op"] in ("Conv", "Gemm", "MatMul")]
+    assert weighted
+    for layer in weighted:  # a float Conv reads float activations and float weights; a float Add may still
+        # read a tensor its quantized producer hands to other consumers through Q/DQ
         assert not any(i in dq_outputs for i in by_name[layer["name"]].input), layer
     entry = next(a for a in _manifest(run / "export")["artifacts"] if a["file"] == "model.int8.onnx")
     assert [x["name"] for x in entry["float_layers"]] == [x["name"] for x in guard["float_layers"]]

@@ -12,7 +12,8 @@ from ..errors import ArtifactError, UsageError
 class OrtRunner:
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, own: bool = False) -> None:
+        """``own``: a file this process just wrote (export, calibration probes), so the safety check is skipped."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -28,9 +29,10 @@ class OrtRunner:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        from ..onnx_check import check_onnx_file
+        if not own:
+            from ..onnx_check import check_onnx_file
 
-        check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
+            check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
