@@ -1167,16 +1167,32 @@ def settings_line(report: dict[str, Any]) -> str:
     return line
 
 
-def table(report: dict[str, Any]) -> Any:
-    """The rich table of every row."""
+OPTIONAL = ("mean±std ms", "p90 ms", "e2e p50 ms", "GFLOP/s", "MB", "% of peak")  # dropped first, in this order
+
+
+def table(report: dict[str, Any], width: int | None = None) -> Any:
+    """The rich table of every row; on a terminal narrower than all columns, the OPTIONAL ones are left out
+    (the JSON and markdown keep them) rather than every number being cut to an ellipsis."""
     from rich.markup import escape
     from rich.table import Table
 
     cols = _columns(report)
+    rows = _display_rows(report)
+
+    def needed(cs: list[tuple[str, Callable[[dict[str, Any]], str]]]) -> int:
+        # status text may wrap; every other column wants its header or widest cell, plus 3 for padding and rule
+        return 1 + sum(3 + max([len(h)] + [len(fn(r)) for r in rows if r["status"] == "ok"])
+                       for h, fn in cs if h != "status") + 3 + len("status")
+
+    for name in OPTIONAL:
+        if width is None or needed(cols) <= width:
+            break
+        cols = [c for c in cols if c[0] != name]
     t = Table(title="edgetl bench", caption=escape(f"{environment_line(report)}\n{settings_line(report)}"))
     for header, _ in cols:
-        t.add_column(header, justify="left" if header in ("run", "backend", "artifact", "status") else "right")
-    for r in _display_rows(report):
+        t.add_column(header, justify="left" if header in ("run", "backend", "artifact", "status") else "right",
+                     overflow="fold")  # a narrow terminal wraps a cell rather than hiding its end
+    for r in rows:
         style = None if r["status"] == "ok" else "dim" if r["status"].startswith("skipped") else "red"
         t.add_row(*[escape(fn(r)) for _, fn in cols], style=style)
     return t

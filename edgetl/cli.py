@@ -19,8 +19,14 @@ app = typer.Typer(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
 )
-out_console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """Piped into a log, rich would assume 80 columns and cut the tables to ellipses: give logs room instead."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty or "COLUMNS" in os.environ else 200)
+
+
+out_console = _console()
+err_console = _console(stderr=True)
 
 
 class Strategy(str, Enum):
@@ -298,7 +304,7 @@ def demo(
         bench_report = run_bench(BenchConfig(targets=[str(run)], backends=("torch", "ort-fp32", "ort-fp16", "ort-int8"),
                                              batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
                                  log=lambda m: out_console.print(m, highlight=False, markup=False))
-        out_console.print(table(bench_report))
+        out_console.print(table(bench_report, out_console.width))
         int8 = report.accuracy["int8"]
         out_console.print(
             f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
@@ -527,7 +533,7 @@ def bench(
                           max_regression=max_regression, max_drop=max_drop,
                           save_baseline=str(save_baseline) if save_baseline else None)
         report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
-        out_console.print(table(report))
+        out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
         for i, line in enumerate(lines):
             style = "" if i else "[bold green]" if report["gate"]["passed"] else "[bold red]"

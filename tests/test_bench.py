@@ -4,6 +4,7 @@ regression gate (own baseline, doctored baselines, other machines), markdown, ro
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import shutil
@@ -207,6 +208,23 @@ def test_gate_does_not_compare_rows_from_another_machine(report: dict) -> None:
     result = gate(report["rows"], report["environment"], other, "other.json", 0.10, 1.0)
     assert result.passed and result.compared == 0 and not result.fingerprint_match
     assert "another machine" in result.notes[0] and "Some Other CPU" in result.notes[0]
+
+
+def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(report: dict) -> None:
+    from rich.console import Console
+
+    from edgetl.bench import table
+
+    def render(width: int) -> str:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(table(report, width))
+        return console.export_text()
+
+    wide, narrow = render(250), render(120)
+    assert "mean±std ms" in wide and "mean±std ms" not in narrow and "…" not in narrow
+    for r in report["rows"]:
+        if r["status"] == "ok":
+            assert f"{r['p50_ms']:.3f}" in narrow and f"{r['top1']:.2f}" in narrow
 
 
 def test_markdown_is_a_table(report: dict) -> None:
