@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +39,9 @@ def subset(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
-def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float) -> list[tuple[float, float]]:
+def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int) -> list[tuple[float, float]]:
     """The plain loop; returns (seconds, val top-1) per epoch."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     b = build("efficientnet_lite0", 10, "imagenet")
     model, pp = b.model, b.preprocess.with_size(size)
     apply_strategy(model, b.head, strategy)
@@ -81,11 +82,12 @@ def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: fl
     return out
 
 
-def ours(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, work: Path) -> tuple[list[tuple[float, float]], float]:
+def ours(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int,
+         work: Path) -> tuple[list[tuple[float, float]], float]:
     """edgetl's loop; returns (seconds, val top-1) per epoch and the one-off set-up seconds (decode, features)."""
     t0 = time.perf_counter()
-    s = finetune(TrainConfig(data=str(data), out=str(work / f"run-{strategy}"), strategy=strategy, epochs=epochs,
-                             batch_size=bs, img_size=size, lr=lr, hflip=True), check="off")
+    s = finetune(TrainConfig(data=str(data), out=str(work / f"run-{strategy}-{seed}"), strategy=strategy, epochs=epochs,
+                             batch_size=bs, img_size=size, lr=lr, hflip=True, seed=seed), check="off")
     total = time.perf_counter() - t0
     rows = [(r["seconds"], r["val_top1"]) for r in s.history]
     return rows, total - sum(r[0] for r in rows)
@@ -100,24 +102,40 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--strategies", default="full,head")
+    ap.add_argument("--seeds", type=int, default=1, help="repeat both loops with seeds 0..N-1: accuracy at this size "
+                    "moves by a point or two from seed to seed")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.data, Path(tmp) / "data", args.per_class)
         for strategy in args.strategies.split(","):
-            ref = reference(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr)
-            mine, setup = ours(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, Path(tmp))
-            print(f"\nstrategy {strategy}: {args.per_class * 10} train images, {args.img_size} px, batch {args.batch_size}, "
-                  f"{torch.get_num_threads()} threads; edgetl one-off set-up {setup:.1f}s (decode cache"
-                  f"{', features' if strategy == 'head' else ''})")
-            print(f"{'epoch':>5} {'reference s':>12} {'edgetl s':>9} {'speed-up':>9} {'ref top-1':>10} {'edgetl top-1':>13}")
-            for i, ((rs, ra), (ms, ma)) in enumerate(zip(ref, mine), 1):
-                print(f"{i:>5} {rs:12.1f} {ms:9.1f} {rs / ms:8.1f}x {ra:10.1f} {ma:13.1f}")
-            later = slice(1, None) if len(ref) > 1 else slice(None)
-            r_t, m_t = sum(r[0] for r in ref[later]), sum(m[0] for m in mine[later])
-            print(f"epochs after the first: {r_t / m_t:.1f}x; whole run incl. set-up: "
-                  f"{sum(r[0] for r in ref) / (sum(m[0] for m in mine) + setup):.2f}x; "
-                  f"final top-1 Δ {mine[-1][1] - ref[-1][1]:+.1f} points")
+            refs, mines, setups = [], [], []
+            for seed in range(args.seeds):
+                refs.append(reference(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, seed))
+                mine, setup = ours(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, seed, Path(tmp))
+                mines.append(mine)
+                setups.append(setup)
+            report(strategy, args, refs, mines, setups)
+
+
+def report(strategy: str, args: argparse.Namespace, refs: list[list[tuple[float, float]]],
+           mines: list[list[tuple[float, float]]], setups: list[float]) -> None:
+    print(f"\nstrategy {strategy}: {args.per_class * 10} train images, {args.img_size} px, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads; edgetl one-off set-up {statistics.mean(setups):.1f}s (decode cache"
+          f"{', features' if strategy == 'head' else ''})")
+    print(f"{'seed':>4} {'epoch':>5} {'reference s':>12} {'edgetl s':>9} {'speed-up':>9} {'ref top-1':>10} {'edgetl top-1':>13}")
+    for seed, (ref, mine) in enumerate(zip(refs, mines)):
+        for i, ((rs, ra), (ms, ma)) in enumerate(zip(ref, mine), 1):
+            print(f"{seed:>4} {i:>5} {rs:12.1f} {ms:9.1f} {rs / ms:8.1f}x {ra:10.1f} {ma:13.1f}")
+    later = slice(1, None) if args.epochs > 1 else slice(None)
+    r_t = sum(r[0] for ref in refs for r in ref[later])
+    m_t = sum(m[0] for mine in mines for m in mine[later])
+    whole = sum(r[0] for ref in refs for r in ref) / (sum(m[0] for mine in mines for m in mine) + sum(setups))
+    ref_acc, my_acc = [ref[-1][1] for ref in refs], [mine[-1][1] for mine in mines]
+    spread = (lambda v: f" ± {statistics.stdev(v):.1f}") if len(refs) > 1 else (lambda v: "")
+    print(f"epochs after the first: {r_t / m_t:.1f}x; whole run incl. set-up: {whole:.2f}x; final top-1 "
+          f"reference {statistics.mean(ref_acc):.1f}{spread(ref_acc)}, edgetl {statistics.mean(my_acc):.1f}"
+          f"{spread(my_acc)}: Δ {statistics.mean(my_acc) - statistics.mean(ref_acc):+.1f} points "
+          f"(mean over {len(refs)} seed(s))")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 One baseline (``--save-baseline``), then ``--trials`` runs of ``edgetl bench RUN --baseline BASE`` with the
 same arguments; every exit 1 is a false alarm. From the per-round medians each trial stores, the same
-trials also say what other gates would have done: one round, the median of the rounds' medians, or the
-fastest round, each without the re-check of suspect rows. Trials are also split by the CPU time other
+trials also say what other gates would have done: one round, the median of the rounds' medians, the
+fastest round, or the fastest round that is also slower than every baseline round, each without the
+re-check of suspect rows. Trials are also split by the CPU time other
 processes took while they were timed (the report's ``contention``). The result is appended to benchmarks/RESULTS.md as its own section, with the
 command, the date and the load average (the machine may be shared). ``$EDGETL`` names the command
 (default ``python -m edgetl``).
@@ -86,15 +87,17 @@ def main() -> int:
                 now_ms, base_ms = now_r[0], base_r[0]
             elif stat == "median":  # median of round medians
                 now_ms, base_ms = statistics.median(now_r), statistics.median(base_r)
-            else:  # fastest round
+            else:  # fastest round ("best"), and for "gate" also slower than every baseline round
                 now_ms, base_ms = min(now_r), min(base_r)
+                if stat == "gate" and now_ms <= max(base_r):
+                    continue
             if now_ms / base_ms - 1 > limit:
                 return True
         return False
 
     n = len(trials)
-    alarms = {stat: sum(over(d["rows"], stat) for _, d in trials) for stat in ("one", "median", "best")}
-    alarms["gate"] = sum(rc == 1 for rc, _ in trials)
+    alarms = {stat: sum(over(d["rows"], stat) for _, d in trials) for stat in ("one", "median", "best", "gate")}
+    alarms["exit"] = sum(rc == 1 for rc, _ in trials)
     quiet = [(rc, d) for rc, d in trials if busy(d) <= BUSY]
     per_row: dict[tuple, list[float]] = {}
     for _, doc in trials:
@@ -119,8 +122,9 @@ def main() -> int:
         f"| 1 round, no re-check | {alarms['one']}/{n} |",
         f"| {rounds} rounds, median of round medians, no re-check | {alarms['median']}/{n} |",
         f"| {rounds} rounds, fastest round, no re-check | {alarms['best']}/{n} |",
-        f"| {rounds} rounds, fastest round, rows over the limit timed again up to {RECHECKS}x{rounds} more rounds "
-        f"(what `edgetl bench --baseline` does) | **{alarms['gate']}/{n}** |",
+        f"| {rounds} rounds, fastest round that is also slower than every baseline round, no re-check | {alarms['gate']}/{n} |",
+        f"| the same, and rows over the limit timed again up to {RECHECKS}x{rounds} more rounds "
+        f"(what `edgetl bench --baseline` does) | **{alarms['exit']}/{n}** |",
         f"| the same, trials in which others took <= {BUSY:.0%} of the CPU | {sum(rc == 1 for rc, _ in quiet)}/{len(quiet)} |",
         "",
         "Change of each row's fastest round against the baseline's, over the trials (after any re-check):",
