@@ -20,8 +20,9 @@ Why it is built this way:
   medians. The gate judges each row on its fastest round's median against the baseline's fastest round:
   a neighbour's work only ever adds time, so the best of several rounds is the steadiest estimate of
   what the code costs; and it must also be slower than every baseline round, since a change inside the
-  baseline's own round-to-round spread is noise. A row that looks regressed is timed again, up to RECHECKS times as many rounds
-  more, and judged on all of them: on a shared machine a gate that flaps is a gate people learn to ignore.
+  baseline's own round-to-round spread is noise. A row that looks regressed is timed again, up to
+  RECHECKS times as many rounds more, and judged on all of them: on a shared machine a gate that flaps
+  is a gate people learn to ignore.
 - Contention: the CPU time other processes (and the hypervisor, as steal) took while the rows were
   timed is read from /proc/stat and reported, so a slow row on a busy machine says why.
 - Rows are matched to a baseline by (artifact file name, backend, precision, batch size, device) and

@@ -19,6 +19,8 @@ app = typer.Typer(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
 )
+
+
 def _console(stderr: bool = False) -> Console:
     """Piped into a log, rich would assume 80 columns and cut the tables to ellipses: give logs room instead."""
     tty = (sys.stderr if stderr else sys.stdout).isatty()
