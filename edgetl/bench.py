@@ -776,7 +776,6 @@ class CpuMeter:
     def __init__(self) -> None:
         self.total = self.others = self.steal = 0
         self.seconds = 0.0
-        self.available = _cpu_ticks() is not None
 
     @contextmanager
     def timing(self) -> Iterator[None]:

@@ -109,7 +109,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
         hooks = Hooks()  # only rank 0 draws progress and writes files
     channels_last = cfg.channels_last
     model.to(device)
-    if channels_last:  # GPUs and oneDNN on CPUs: Lite0 train steps 1.6-2.4x faster than NCHW (RESULTS.md)
+    if channels_last:  # GPUs and oneDNN on CPUs: Lite0 train steps about 1.7x faster than NCHW (RESULTS.md)
         model.to(memory_format=torch.channels_last)
     amp_dtype = _amp_dtype(cfg.amp, device)
     hflip = data.hflip if cfg.hflip is None else cfg.hflip
