@@ -1057,7 +1057,7 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
         result.notes.append(f"the baseline's own rounds varied by more than the +{max_regression:.0%} limit for "
                             f"{', '.join(noisy)}: such rows fail only when slower than every baseline round, since "
                             "smaller changes are within this machine's noise (a quieter baseline gates tighter)")
-    gone = [_label(b) for k, b in base.items() if k not in now]
+    gone = [_label(b) for k, b in base.items() if k not in now and b.get("status") == "ok"]
     if gone:
         result.notes.append(f"in the baseline but not measured now: {', '.join(gone)}")
     if result.compared == 0:
@@ -1208,7 +1208,7 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
         return []
     verdict = "PASS" if g["passed"] else "FAIL"
     lines = [f"gate {verdict} against {g['baseline']}: {g['compared']} row(s) compared, "
-             f"{len(g['failures'])} offending (limits: p50 +{g['max_regression']:.0%}, top-1 -{g['max_drop']:.2f} points)"]
+             f"{len(g['failures'])} offending (limits: latency +{g['max_regression']:.0%}, top-1 -{g['max_drop']:.2f} points)"]
     lines += [f"  {_label(f)}: {f['reason']}" for f in g["failures"]]
     lines += [f"  note: {n}" for n in g["notes"]]
     return lines
