@@ -25,17 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgetl.bench import BUSY, RECHECKS, best_round_ms as gate_ms
+from edgetl.bench import BUSY, RECHECKS, best_round_ms as gate_ms, busy_share
 from results_md import EDGETL, append_section, now, split_argv
 
 
 def key(row: dict) -> tuple:
     return row["artifact"], row["backend"], row["precision"], row["batch_size"], row["device"]
-
-
-def busy(doc: dict) -> float:
-    c = doc.get("contention") or {}
-    return c.get("other_processes", 0.0) + c.get("steal", 0.0)
 
 
 def bench(run: str, extra: list[str], *flags: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +68,7 @@ def main() -> int:
             trials.append((r.returncode, doc))
             changes = [gate_ms(row) / gate_ms(base[key(row)]) - 1 for row in doc["rows"] if key(row) in base]
             print(f"trial {i + 1}/{args.trials}: exit {r.returncode}, largest change of the fastest round "
-                  f"{max(changes):+.1%}, other processes took {busy(doc):.0%} of the CPU", flush=True)
+                  f"{max(changes):+.1%}, other processes took {busy_share(doc.get('contention')):.0%} of the CPU", flush=True)
     minutes = (time.time() - t0) / 60
 
     def over(trial_rows: list[dict], stat: str) -> bool:
@@ -98,7 +93,7 @@ def main() -> int:
     n = len(trials)
     alarms = {stat: sum(over(d["rows"], stat) for _, d in trials) for stat in ("one", "median", "best", "gate")}
     alarms["exit"] = sum(rc == 1 for rc, _ in trials)
-    quiet = [(rc, d) for rc, d in trials if busy(d) <= BUSY]
+    quiet = [(rc, d) for rc, d in trials if busy_share(d.get("contention")) <= BUSY]
     per_row: dict[tuple, list[float]] = {}
     for _, doc in trials:
         for row in doc["rows"]:
@@ -106,7 +101,7 @@ def main() -> int:
                 per_row.setdefault(key(row), []).append(gate_ms(row) / gate_ms(base[key(row)]) - 1)
     worst = max(max(v) for v in per_row.values())
     env = trials[0][1]["environment"]
-    shares = [busy(d) for _, d in trials]
+    shares = [busy_share(d.get("contention")) for _, d in trials]
     lines = [
         f"Date: {started}, {minutes:.0f} min. Command: `python benchmarks/gate_false_alarms.py {shlex.join(sys.argv[1:])}` "
         f"(one `--save-baseline` run, then {n} runs of `edgetl bench {args.run} --baseline BASE "
@@ -115,7 +110,7 @@ def main() -> int:
         f"Machine: {env['cpu']['model']}, {env['cpu']['usable_cores']} cores, {env['cpu']['threads']} threads, "
         f"fingerprint {env['fingerprint']}; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after. "
         f"CPU time other processes took while the rows were timed (the report's `contention`): "
-        f"{min(shares):.0%} to {max(shares):.0%} per trial, baseline {busy(base_doc):.0%}.",
+        f"{min(shares):.0%} to {max(shares):.0%} per trial, baseline {busy_share(base_doc.get('contention')):.0%}.",
         "",
         f"| gate (limit +{limit:.0%}) | false alarms |",
         "|---|---:|",

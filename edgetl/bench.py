@@ -671,9 +671,9 @@ class _Session:
         if rechecked:
             result.notes.append(f"{len(rechecked)} row(s) over the limit after {cfg.n_rounds} round(s) were timed "
                                 f"again, up to {done} rounds in all, and judged on all of them")
-        busy = self.meter.busy()
-        if busy is not None and busy > BUSY:
-            result.notes.append(contention_line(self.meter.to_dict()))
+        contention = self.meter.to_dict()
+        if busy_share(contention) > BUSY:
+            result.notes.append(contention_line(contention))
         return rows, result.to_dict()
 
     def rows(self, targets: list[Target]) -> list[dict[str, Any]]:
@@ -791,9 +791,6 @@ class CpuMeter:
                 self.others += max(0, busy - steal - own)
                 self.seconds += time.perf_counter() - t0
 
-    def busy(self) -> float | None:
-        return (self.others + self.steal) / self.total if self.total else None
-
     def to_dict(self) -> dict[str, Any] | None:
         if not self.total:
             return None
@@ -810,6 +807,11 @@ def _cpu_ticks() -> tuple[int, int, int, int] | None:
         return None
     total, idle, iowait, steal = sum(fields), fields[3], fields[4], fields[7]  # user nice system idle iowait irq softirq steal
     return total, total - idle - iowait, steal, int(own[11]) + int(own[12])  # utime, stime: fields 14, 15
+
+
+def busy_share(c: dict[str, Any] | None) -> float:
+    """Share of the CPU time others took while timing, from a report's ``contention`` (0 when unknown)."""
+    return c["other_processes"] + c["steal"] if c else 0.0
 
 
 def contention_line(c: dict[str, Any]) -> str:
@@ -1166,7 +1168,7 @@ def settings_line(report: dict[str, Any]) -> str:
     c = report.get("contention")
     if c:
         line += (f"; while timing, other processes took {c['other_processes']:.0%} of the CPU time"
-                 f" (steal {c['steal']:.0%})" + (": latencies inflated" if c["other_processes"] + c["steal"] > BUSY else ""))
+                 f" (steal {c['steal']:.0%})" + (": latencies inflated" if busy_share(c) > BUSY else ""))
     return line
 
 
