@@ -8,6 +8,11 @@ settings. edgetl: `edgetl.train.finetune` with its defaults (decode cache, batch
 augmentation; cached features for --strategy head). Same images, model, initial weights, batch
 size, image size, optimizer, schedule and number of epochs; both report wall time per epoch
 (training + validation) and validation top-1.
+
+The two loops take turns epoch by epoch (edgetl's epoch, then the reference's), so that both
+meet the same machine: on a shared VM, speed drifts by 20% within minutes. The reference's
+epochs therefore run inside `edgetl.train.finetune`, under its allocator setting
+(`edgetl.cputrain.retain_freed_memory`), which can only make the reference faster.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +32,7 @@ from torchvision import datasets, transforms
 
 from edgetl.config import TrainConfig
 from edgetl.models import apply_strategy, build, set_train_mode
-from edgetl.train import finetune
+from edgetl.train import Hooks, finetune
 
 
 def subset(src: Path, dst: Path, per_class: int) -> Path:
@@ -39,8 +45,8 @@ def subset(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
-def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int) -> list[tuple[float, float]]:
-    """The plain loop; returns (seconds, val top-1) per epoch."""
+def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int) -> Iterator[tuple[float, float]]:
+    """The plain loop; yields (seconds, val top-1) after each epoch."""
     torch.manual_seed(seed)
     b = build("efficientnet_lite0", 10, "imagenet")
     model, pp = b.model, b.preprocess.with_size(size)
@@ -62,8 +68,8 @@ def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: fl
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
-    out = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        torch.manual_seed(seed * 1000 + epoch)  # edgetl reseeds the global generator between turns
         t0 = time.perf_counter()
         set_train_mode(model)
         for x, y in train:
@@ -78,19 +84,32 @@ def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: fl
             for x, y in val:
                 correct += int((model(x).argmax(1) == y).sum())
                 n += len(y)
-        out.append((time.perf_counter() - t0, 100.0 * correct / n))
-    return out
+        yield time.perf_counter() - t0, 100.0 * correct / n
 
 
-def ours(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int,
-         work: Path) -> tuple[list[tuple[float, float]], float]:
-    """edgetl's loop; returns (seconds, val top-1) per epoch and the one-off set-up seconds (decode, features)."""
+class Turns(Hooks):
+    """Runs one reference epoch after each of edgetl's epochs; its time is outside edgetl's epoch time."""
+
+    def __init__(self, ref: Iterator[tuple[float, float]]) -> None:
+        self.ref, self.rows, self.seconds = ref, [], 0.0
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        self.rows.append(next(self.ref))
+        self.seconds += time.perf_counter() - t0
+
+
+def side_by_side(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int,
+                 work: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]], float]:
+    """(seconds, val top-1) per epoch for the reference and for edgetl, and edgetl's one-off set-up
+    seconds (decode cache, features)."""
+    turns = Turns(reference(data, strategy, epochs, bs, size, lr, seed))
     t0 = time.perf_counter()
     s = finetune(TrainConfig(data=str(data), out=str(work / f"run-{strategy}-{seed}"), strategy=strategy, epochs=epochs,
-                             batch_size=bs, img_size=size, lr=lr, hflip=True, seed=seed), check="off")
-    total = time.perf_counter() - t0
+                             batch_size=bs, img_size=size, lr=lr, hflip=True, seed=seed), hooks=turns, check="off")
+    total = time.perf_counter() - t0 - turns.seconds
     rows = [(r["seconds"], r["val_top1"]) for r in s.history]
-    return rows, total - sum(r[0] for r in rows)
+    return turns.rows, rows, total - sum(r[0] for r in rows)
 
 
 def main() -> None:
@@ -110,8 +129,9 @@ def main() -> None:
         for strategy in args.strategies.split(","):
             refs, mines, setups = [], [], []
             for seed in range(args.seeds):
-                refs.append(reference(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, seed))
-                mine, setup = ours(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, seed, Path(tmp))
+                ref, mine, setup = side_by_side(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr,
+                                                seed, Path(tmp))
+                refs.append(ref)
                 mines.append(mine)
                 setups.append(setup)
             report(strategy, args, refs, mines, setups)
