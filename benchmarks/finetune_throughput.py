@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,29 +88,38 @@ def reference(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: fl
         yield time.perf_counter() - t0, 100.0 * correct / n
 
 
+@dataclass
+class Side:
+    rows: list[tuple[float, float]]  # (seconds, val top-1) per epoch
+    total: float  # the whole run: model build, one-off set-up, epochs
+
+    @property
+    def setup(self) -> float:
+        return self.total - sum(r[0] for r in self.rows)
+
+
 class Turns(Hooks):
-    """Runs one reference epoch after each of edgetl's epochs; its time is outside edgetl's epoch time."""
+    """Runs one reference epoch after each of edgetl's epochs; its time (the first turn includes the
+    reference's model build) is kept apart from edgetl's."""
 
     def __init__(self, ref: Iterator[tuple[float, float]]) -> None:
-        self.ref, self.rows, self.seconds = ref, [], 0.0
+        self.ref, self.side = ref, Side([], 0.0)
 
     def epoch_end(self, row: dict[str, float]) -> None:
         t0 = time.perf_counter()
-        self.rows.append(next(self.ref))
-        self.seconds += time.perf_counter() - t0
+        self.side.rows.append(next(self.ref))
+        self.side.total += time.perf_counter() - t0
 
 
 def side_by_side(data: Path, strategy: str, epochs: int, bs: int, size: int, lr: float, seed: int,
-                 work: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]], float]:
-    """(seconds, val top-1) per epoch for the reference and for edgetl, and edgetl's one-off set-up
-    seconds (decode cache, features)."""
+                 work: Path) -> tuple[Side, Side]:
+    """The reference's run and edgetl's (which includes the decode cache and, for head, the features)."""
     turns = Turns(reference(data, strategy, epochs, bs, size, lr, seed))
     t0 = time.perf_counter()
     s = finetune(TrainConfig(data=str(data), out=str(work / f"run-{strategy}-{seed}"), strategy=strategy, epochs=epochs,
                              batch_size=bs, img_size=size, lr=lr, hflip=True, seed=seed), hooks=turns, check="off")
-    total = time.perf_counter() - t0 - turns.seconds
-    rows = [(r["seconds"], r["val_top1"]) for r in s.history]
-    return turns.rows, rows, total - sum(r[0] for r in rows)
+    mine = Side([(r["seconds"], r["val_top1"]) for r in s.history], time.perf_counter() - t0 - turns.side.total)
+    return turns.side, mine
 
 
 def main() -> None:
@@ -127,30 +137,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.data, Path(tmp) / "data", args.per_class)
         for strategy in args.strategies.split(","):
-            refs, mines, setups = [], [], []
-            for seed in range(args.seeds):
-                ref, mine, setup = side_by_side(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr,
-                                                seed, Path(tmp))
-                refs.append(ref)
-                mines.append(mine)
-                setups.append(setup)
-            report(strategy, args, refs, mines, setups)
+            runs = [side_by_side(data, strategy, args.epochs, args.batch_size, args.img_size, args.lr, seed, Path(tmp))
+                    for seed in range(args.seeds)]
+            report(strategy, args, [r for r, _ in runs], [m for _, m in runs])
 
 
-def report(strategy: str, args: argparse.Namespace, refs: list[list[tuple[float, float]]],
-           mines: list[list[tuple[float, float]]], setups: list[float]) -> None:
+def report(strategy: str, args: argparse.Namespace, refs: list[Side], mines: list[Side]) -> None:
     print(f"\nstrategy {strategy}: {args.per_class * 10} train images, {args.img_size} px, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads; edgetl one-off set-up {statistics.mean(setups):.1f}s (decode cache"
-          f"{', features' if strategy == 'head' else ''})")
+          f"{torch.get_num_threads()} threads; set-up outside the epochs: reference "
+          f"{statistics.mean(r.setup for r in refs):.1f}s (model build), edgetl {statistics.mean(m.setup for m in mines):.1f}s "
+          f"(model build, decode cache{', features' if strategy == 'head' else ''}, checkpoint writes)")
     print(f"{'seed':>4} {'epoch':>5} {'reference s':>12} {'edgetl s':>9} {'speed-up':>9} {'ref top-1':>10} {'edgetl top-1':>13}")
     for seed, (ref, mine) in enumerate(zip(refs, mines)):
-        for i, ((rs, ra), (ms, ma)) in enumerate(zip(ref, mine), 1):
+        for i, ((rs, ra), (ms, ma)) in enumerate(zip(ref.rows, mine.rows), 1):
             print(f"{seed:>4} {i:>5} {rs:12.1f} {ms:9.1f} {rs / ms:8.1f}x {ra:10.1f} {ma:13.1f}")
     later = slice(1, None) if args.epochs > 1 else slice(None)
-    r_t = sum(r[0] for ref in refs for r in ref[later])
-    m_t = sum(m[0] for mine in mines for m in mine[later])
-    whole = sum(r[0] for ref in refs for r in ref) / (sum(m[0] for mine in mines for m in mine) + sum(setups))
-    ref_acc, my_acc = [ref[-1][1] for ref in refs], [mine[-1][1] for mine in mines]
+    r_t = sum(r[0] for ref in refs for r in ref.rows[later])
+    m_t = sum(m[0] for mine in mines for m in mine.rows[later])
+    whole = sum(r.total for r in refs) / sum(m.total for m in mines)
+    ref_acc, my_acc = [ref.rows[-1][1] for ref in refs], [mine.rows[-1][1] for mine in mines]
     spread = (lambda v: f" ± {statistics.stdev(v):.1f}") if len(refs) > 1 else (lambda v: "")
     print(f"epochs after the first: {r_t / m_t:.1f}x; whole run incl. set-up: {whole:.2f}x; final top-1 "
           f"reference {statistics.mean(ref_acc):.1f}{spread(ref_acc)}, edgetl {statistics.mean(my_acc):.1f}"
