@@ -11,8 +11,8 @@ size, image size, optimizer, schedule and number of epochs; both report wall tim
 
 The two loops take turns epoch by epoch (edgetl's epoch, then the reference's), so that both
 meet the same machine: on a shared VM, speed drifts by 20% within minutes. The reference's
-epochs therefore run inside `edgetl.train.finetune`, under its allocator setting
-(`edgetl.cputrain.retain_freed_memory`), which can only make the reference faster.
+epochs therefore run inside `edgetl.train.finetune`, under the same allocator setting as
+edgetl's (`edgetl.cputrain.retain_freed_memory`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -128,10 +129,11 @@ _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 def retain_freed_memory() -> Iterator[None]:
     """Inside, freed memory stays in the process for the next step (what jemalloc or a caching
     allocator would do); on leaving, glibc's defaults come back and the heap is trimmed.
-    Does nothing where the C library is not glibc."""
+    Does nothing where the C library is not glibc, or where the user tunes glibc's allocator."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "gnu_get_libc_version"):
+    tuned = any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ)
+    if libc is None or not hasattr(libc, "gnu_get_libc_version") or tuned:
         yield
         return
     libc.mallopt(_M_MMAP_MAX, 0)

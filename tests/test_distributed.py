@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+
 def _args(epochs: int = 3) -> list[str]:
     return ["finetune", "--data", "digits", "--model", "timm/test_resnet", "--weights", "none", "--img-size", "32",
             "--epochs", str(epochs), "--batch-size", "32", "--lr", "3e-3", "--workers", "0", "--quiet", "--json"]
@@ -43,7 +44,7 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
 
 
 def test_resume_under_two_gloo_processes_equals_uninterrupted(tmp_path: Path) -> None:
-    """SIGTERM to the whole torchrun group during epoch 2, then --resume: the same weights as a run never stopped."""
+    """SIGTERM to the whole torchrun group after epoch 1, then --resume: the same weights as a run never stopped."""
     import torch
 
     _two_processes(*_args(epochs=4), "--out", str(tmp_path / "straight"))
@@ -53,6 +54,7 @@ def test_resume_under_two_gloo_processes_equals_uninterrupted(tmp_path: Path) ->
     deadline = time.monotonic() + 300
     while not (cut / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=120)
     run = json.loads((cut / "run.json").read_text())
