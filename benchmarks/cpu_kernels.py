@@ -106,8 +106,10 @@ def _loop(x: torch.Tensor, y: torch.Tensor, fast: bool):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
 
+    convs = FastConvs() if fast else nullcontext()
+
     def step() -> None:
-        with FastConvs() if fast else nullcontext():
+        with convs:
             out = model(x)
         loss = crit(out, y)
         opt.zero_grad(set_to_none=True)

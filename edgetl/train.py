@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
     if report is not None and d.main:
         atomic_write_json(out / "data_check.json", report.to_dict())
     status = "running"
-    fast_convs = cputrain.applies(device, channels_last, amp_dtype, cfg.compile)
+    convs = cputrain.FastConvs() if cputrain.applies(device, channels_last, amp_dtype, cfg.compile) else nullcontext()
     memory = cputrain.retain_freed_memory() if device.type == "cpu" else nullcontext()
     with _Signals() as sig, memory:
         try:
@@ -152,7 +152,7 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
                 hooks.epoch_start(epoch, cfg.epochs, steps)
                 tr_loss, tr_top1, n_img = _train_epoch(model, net, batches, criterion, opt, sched, scaler, cfg, device,
                                                        amp_dtype, hooks, epoch, state["epoch"], d, channels_last,
-                                                       fast_convs)
+                                                       convs)
                 val_steps, val_batches = feed.val()
                 hooks.validating(val_steps)
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits are judged just below
@@ -227,14 +227,14 @@ def _feed(cfg: TrainConfig, data: DataSet, pp: Preprocess, model: nn.Module, hea
 def _train_epoch(model: nn.Module, net: nn.Module, batches: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
                  sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device,
                  amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int, saved: int, d: Dist,
-                 channels_last: bool, fast_convs: bool) -> tuple[float, float, int]:
+                 channels_last: bool, convs: AbstractContextManager) -> tuple[float, float, int]:
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
     for step, (x, y) in enumerate(batches):
         x, y = _to(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            with cputrain.FastConvs() if fast_convs else nullcontext():
+            with convs:  # cputrain.FastConvs where it applies, entered once per forward
                 logits = net(x)
             loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
