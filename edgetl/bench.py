@@ -26,8 +26,9 @@ Why it is built this way:
 - Contention: the CPU time other processes (and the hypervisor, as steal) took while the rows were
   timed is read from /proc/stat and reported, so a slow row on a busy machine says why.
 - Rows are matched to a baseline by (artifact file name, backend, precision, batch size, device) and
-  only when the machine fingerprint (CPU model, usable cores, threads, GPUs, Jetson power mode and
-  clock lock) is the same: latencies from different machines are not comparable.
+  only when the machine fingerprint (CPU model and the ISA flags that pick kernels, usable cores,
+  threads, GPUs, Jetson power mode and clock lock) is the same: latencies from different machines are
+  not comparable, and two EPYCs of one model name, one with AVX-512 VNNI and one without, are two machines.
 
 Torch-free at import: PyTorch is imported only for the ``torch`` backend and the eval preprocessing path.
 """
@@ -70,13 +71,14 @@ ACCURACY_BATCH = 64
 GATE_ROUNDS = 3  # default rounds when gating against a baseline
 RECHECKS = 2  # times a row over the latency limit gets GATE_ROUNDS more rounds before it is judged
 BUSY = 0.10  # share of CPU time taken by others while timing above which the report warns
+FINGERPRINT_VERSION = 2  # 2: the CPU's kernel-selecting ISA flags are part of it (1: model name only)
 ROW_KEY = ("artifact", "backend", "precision", "batch_size", "device")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
              "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve")
 GPU_DEVFREQ = ("gpu", "gv11b", "ga10b", "gp10b", "gb10b")  # Jetson GPU devfreq node names
 ROW_FIELDS = (
     "run", "model", "backend", "runtime", "precision", "device", "artifact", "sha256", "batch_size", "status",
-    "top1", "top5", "delta_top1", "images",
+    "top1", "top5", "delta_top1", "images", "numerics",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "samples", "p50_rounds_ms", "timer",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_mean_ms", "e2e_std_ms", "e2e_throughput", "e2e_samples",
     "size_mb", "speedup", "gflops", "peak_gflops", "peak_kind", "peak_fraction",
@@ -494,6 +496,7 @@ class Live:
     item: Item
     runner: Any
     acc: EvalResult
+    numerics: str
     timer: str
     model_timers: dict[int, Timed]
     e2e_timers: dict[int, Timed]
@@ -612,7 +615,12 @@ class _Session:
             return f"failed: {_one_line(e)}"
         try:
             self.log(f"{item.backend} ({item.artifact.name}): accuracy on {len(items)} images")
-            acc = accuracy(runner, items, labels, target.preprocess, len(target.classes), self.torch_ok)
+            judge, numerics = _accuracy_runner(runner)
+            try:
+                acc = accuracy(judge, items, labels, target.preprocess, len(target.classes), self.torch_ok)
+            finally:
+                if judge is not runner:
+                    judge.close()
             cuda_torch = item.backend == "torch" and runner.device == "cuda"
             make = cuda_event_timer if cuda_torch else host_timer
             bss = self.cfg.batch_sizes
@@ -621,7 +629,7 @@ class _Session:
         except EdgetlError as e:
             runner.close()
             return f"failed: {_one_line(e)}"
-        return Live(target, item, runner, acc, "cuda-event" if cuda_torch else "host", model_timers, e2e)
+        return Live(target, item, runner, acc, numerics, "cuda-event" if cuda_torch else "host", model_timers, e2e)
 
     def _torch_live(self, target: Target) -> Live | None:
         return next((lv for lv in self.lives if lv.target is target and lv.item.backend == "torch"), None)
@@ -703,7 +711,7 @@ class _Session:
     @staticmethod
     def _measured(lv: Live, bs: int, ref: dict[str, Any], torch_live: Live | None) -> dict[str, Any]:
         out: dict[str, Any] = {**lv.row_id(bs), "status": "ok", "timer": lv.timer, "top1": round(lv.acc.top1, 3),
-                               "top5": round(lv.acc.top5, 3), "images": lv.acc.images}
+                               "top5": round(lv.acc.top5, 3), "images": lv.acc.images, "numerics": lv.numerics}
         if ref["top1"] is not None:
             out["delta_top1"] = round(out["top1"] - ref["top1"], 3)
         out.update(latency_stats(lv.rounds[bs], bs))
@@ -718,6 +726,23 @@ class _Session:
     def close(self) -> None:
         for lv in self.lives:
             lv.runner.close()
+
+
+def _accuracy_runner(runner: Any) -> tuple[Any, str]:
+    """The runner whose numbers count for accuracy, and which numerics those are. A TensorRT-layout INT8
+    file on a CPU is judged in float simulation (what TensorRT approximates), never by the host's
+    integer kernels; latency is still timed on ``runner``."""
+    from .runtime.numerics import SIMULATED, TENSORRT
+
+    if runner.backend == "tensorrt":
+        return runner, TENSORRT
+    if runner.backend == "onnxruntime":
+        if runner.int8_layout == "tensorrt" and runner.device == "cpu":
+            from .runtime.onnxruntime import OrtRunner
+
+            return OrtRunner(runner.path, threads=runner.threads, own=True, simulate=True), SIMULATED
+        return runner, runner.numerics
+    return runner, f"torch-{runner.device}"
 
 
 def _artifact_name(item: Item) -> str | None:
@@ -826,7 +851,7 @@ def usable_cores() -> int:
 def environment(threads: int, torch_ok: bool, root: Path = Path("/")) -> dict[str, Any]:
     """Hardware, versions and, on a Jetson, power mode and clock lock; plus the fingerprint baselines match on."""
     from .doctor import jetson_info
-    from .roofline import cpu_flags
+    from .runtime.numerics import cpu_flags
 
     root = Path(root)
     cpuinfo = _read(root / "proc/cpuinfo") or ""
@@ -853,7 +878,8 @@ def environment(threads: int, torch_ok: bool, root: Path = Path("/")) -> dict[st
         "accuracy_preprocessing": ("torchvision, as `edgetl eval`" if torch_ok else
                                    "PIL/numpy, as `edgetl predict` (PyTorch is not installed)"),
     }
-    fields = {"machine": platform.machine(), "cpu": model, "usable_cores": cpu["usable_cores"], "threads": threads,
+    fields = {"version": FINGERPRINT_VERSION, "machine": platform.machine(), "cpu": model, "isa": cpu["flags"],
+              "usable_cores": cpu["usable_cores"], "threads": threads,
               "gpus": [g["name"] for g in env["gpus"]],
               "jetson": None if jetson is None else {"model": jetson.get("model"), "power_mode": jetson.get("power_mode"),
                                                      "clocks_locked": jetson["clocks"]["locked"]}}
@@ -1015,8 +1041,14 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
     """
     base_env = baseline["environment"]
     result = GateResult(name, base_env.get("fingerprint") == env["fingerprint"], max_regression, max_drop)
+    base_fields = base_env.get("fingerprint_fields") or {}
+    if not result.fingerprint_match and base_fields.get("version", 1) < FINGERPRINT_VERSION:
+        result.notes.append(f"{name} has a version {base_fields.get('version', 1)} machine fingerprint, which does not "
+                            "know the CPU's instruction set (an AVX2-only and an AVX-512 VNNI EPYC looked alike); "
+                            "rows not compared. Record it again on its machine with --save-baseline")
+        return result
     if not result.fingerprint_match:
-        differs = _differences(base_env.get("fingerprint_fields") or {}, env["fingerprint_fields"])
+        differs = _differences(base_fields, env["fingerprint_fields"])
         result.notes.append(f"{name} was measured on another machine (fingerprint {base_env.get('fingerprint')} vs "
                             f"{env['fingerprint']} here: {differs}); rows not compared. "
                             "Record this machine's baseline with --save-baseline")
@@ -1102,7 +1134,7 @@ COLUMNS = (  # (header, row -> text); the terminal table and the markdown share 
     ("backend", lambda r: r["backend"]),
     ("artifact", lambda r: r["artifact"] or "-"),
     ("batch", lambda r: str(r["batch_size"])),
-    ("top-1 %", lambda r: _f(r["top1"], ".2f")),
+    ("top-1 %", lambda r: _f(r["top1"], ".2f") + ("ˢ" if r.get("numerics") == "simulated" else "")),
     ("Δ top-1", lambda r: _f(r["delta_top1"], "+.2f")),
     ("p50 ms", lambda r: _f(r["p50_ms"], ".3f")),
     ("p90 ms", lambda r: _f(r["p90_ms"], ".3f")),
@@ -1165,6 +1197,9 @@ def settings_line(report: dict[str, Any]) -> str:
     how = f"{s['iters']} iterations" if s["iters"] else f">= {s['min_samples']} samples and >= {s['min_seconds']:g} s"
     line = (f"warm-up {s['warmup']}, {how} per row, {s['rounds']} round(s), p50 = median of round medians; "
             f"accuracy preprocessing: {report['environment']['accuracy_preprocessing']}")
+    if any(r.get("numerics") == "simulated" for r in report["rows"]):
+        line += ("; ˢ TensorRT-layout INT8 accuracy in float simulation of its Q/DQ nodes (what TensorRT "
+                 "approximates), never with this CPU's integer kernels; its latency is ONNX Runtime's own")
     c = report.get("contention")
     if c:
         line += (f"; while timing, other processes took {c['other_processes']:.0%} of the CPU time"

@@ -307,11 +307,12 @@ def demo(
                                              batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
                                  log=lambda m: out_console.print(m, highlight=False, markup=False))
         out_console.print(table(bench_report, out_console.width))
-        int8 = report.accuracy["int8"]
+        int8, share = report.accuracy["int8"], report.int8 or {}
         out_console.print(
             f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
-            f"INT8 ONNX {int8['top1']:.2f}% ({int8['delta_top1']:+.2f}); run at [bold]{run}[/], "
-            f"artifacts in [bold]{run / 'export'}[/]"
+            f"INT8 ONNX {int8['top1']:.2f}% ({int8['delta_top1']:+.2f}, simulated; {share.get('int8_layers')}/"
+            f"{share.get('weighted_layers')} weighted layers and {100 * share.get('int8_mac_share', 0):.0f}% of the "
+            f"MACs in INT8); run at [bold]{run}[/], artifacts in [bold]{run / 'export'}[/]"
         )
 
     _guard(body)
@@ -339,7 +340,8 @@ def export_cmd(
     int8_cpu: Annotated[bool, typer.Option("--int8-cpu", help="With --int8: also write model.int8-cpu.onnx, INT8 laid out for ONNX Runtime on CPUs (uint8 activations); 2-4x faster than FP32 here where the TensorRT layout is slower.")] = False,
     quantize_stem: Annotated[bool, typer.Option(help="Quantize the first layer too (it sees raw pixels; by default it stays in float, which costs little and saved ~1 point on cifar10-mini).")] = False,
     calib_mode: Annotated[CalibMode, typer.Option(help="explicit: engines build from model.int8.onnx (TensorRT 8.5-11); implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).")] = CalibMode.explicit,
-    max_drop: Annotated[float, typer.Option(help="Largest INT8 top-1 drop (points) accepted; past it, the most sensitive layers stay in float.")] = 1.0,
+    max_drop: Annotated[float, typer.Option(help="Largest INT8 top-1 drop (points, simulated numerics) accepted; past it, the most sensitive layers stay in float.")] = 1.0,
+    min_int8: Annotated[float, typer.Option(help="Least share of the MACs that must run in INT8; a model.int8.onnx below it is mostly float and export fails (0 accepts any).")] = 0.8,
     opset: Annotated[int, typer.Option(help="ONNX opset; 17 keeps TensorRT 8.5 (JetPack 5) able to read it.")] = 17,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N.")] = "dynamic",
     engine: Annotated[bool, typer.Option("--engine/--no-engine", help="Build TensorRT engines where TensorRT and a GPU are present.")] = True,
@@ -356,7 +358,7 @@ def export_cmd(
         cfg = ExportConfig(run=str(run), out=str(out) if out else None, int8=int8, fp16=fp16,
                            calib=str(calib) if calib else None, calib_size=calib_size,
                            calib_method=calib_method.value, quantize_stem=quantize_stem, int8_cpu=int8_cpu, calib_mode=calib_mode.value, max_drop=max_drop,
-                           opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
+                           min_int8=min_int8, opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
         console = err_console if as_json else out_console
         report = export(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
         if as_json:
@@ -369,13 +371,17 @@ def export_cmd(
 
 def _artifact_table(report: Any) -> Table:
     t = Table(title=f"artifacts in {report.out}")
-    for col in ("file", "precision", "MB", "top-1", "Δ top-1", "sha256"):
+    for col in ("file", "precision", "MB", "top-1", "Δ top-1", "numerics", "INT8 layers", "sha256"):
         t.add_column(col, justify="right" if col in ("MB", "top-1", "Δ top-1") else "left")
     for a in report.artifacts:
         acc = a.get("accuracy") or {}
+        share = a.get("int8")
         t.add_row(a["file"], a["precision"], f"{a.get('size_bytes', 0) / 1e6:.1f}",
                   f"{acc['top1']:.2f}%" if "top1" in acc else "-",
-                  f"{acc['delta_top1']:+.2f}" if "delta_top1" in acc else "-", a["sha256"][:12])
+                  f"{acc['delta_top1']:+.2f}" if "delta_top1" in acc else "-",
+                  acc.get("numerics", "-") + (f" ({acc['isa']})" if acc.get("isa") else ""),
+                  f"{share['int8_layers']}/{share['weighted_layers']}, {100 * share['int8_mac_share']:.0f}% MACs"
+                  if share else "-", a["sha256"][:12])
     return t
 
 

@@ -321,8 +321,12 @@ def _cpu(root: Path) -> dict[str, Any]:
     if not model and "CPU part" in fields:
         model = f"ARM (implementer {fields.get('CPU implementer', '?')}, part {fields['CPU part']})"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from .runtime.numerics import cpu_flags, int8_can_saturate, int8_isa, kernel_config
+
+    isa = int8_isa(cpu_flags(text))
     return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "usable_cores": usable}
+            "usable_cores": usable, "int8_isa": isa, "int8_can_saturate": int8_can_saturate(isa),
+            "int8_session_config": kernel_config(isa)}
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -440,6 +444,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     t.add_row("platform", e(f"{plat['system']} {plat['release']} {plat['machine']}"
                             + (" (in a container)" if plat["container"] else "")))
     t.add_row("cpu", e(f"{cpu['model']}, {cpu['usable_cores']}/{cpu['cores']} cores usable"))
+    t.add_row("int8 kernels", e(_int8_line(cpu)))
     tv = report["torch"]
     t.add_row("torch", _missing(tv) or e(f"{tv['version']} (CUDA build {tv['cuda_build'] or 'none'}, "
                                           f"cuDNN {tv['cudnn'] or 'none'}, CUDA available: {tv['cuda_available']})"))
@@ -467,6 +472,13 @@ def render(report: dict[str, Any], console: Any) -> None:
     for name, v in report["backends"].items():
         b.add_row(name, "[green]yes[/]" if v["ok"] else "[red]no[/]", e(v["why"]), e(v["install"]))
     console.print(b)
+
+
+def _int8_line(cpu: dict[str, Any]) -> str:
+    if cpu["int8_can_saturate"]:
+        return (f"{cpu['int8_isa']}: ONNX Runtime's u8s8 kernels CAN saturate here (no VNNI); edgetl runs INT8 "
+                "with session.x64quantprecision=1, plain ONNX Runtime users must set it too")
+    return f"{cpu['int8_isa']}: ONNX Runtime's INT8 kernels do not saturate here"
 
 
 def _missing(info: dict[str, Any]) -> str:

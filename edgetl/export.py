@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class ExportConfig:
     int8_cpu: bool = False
     calib_mode: str = "explicit"
     max_drop: float = 1.0
+    min_int8: float = 0.8
     opset: int = 17
     batch: str = "dynamic"
     engine: bool = True
@@ -63,6 +65,10 @@ class ExportConfig:
             raise UsageError("--calib-mode must be explicit or implicit")
         if self.calib_size < 1:
             raise UsageError("--calib-size must be at least 1")
+        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise UsageError(f"--max-drop {self.max_drop}: must be a number of points from 0 to 100")
+        if not (math.isfinite(self.min_int8) and 0 <= self.min_int8 <= 1):
+            raise UsageError(f"--min-int8 {self.min_int8}: must be a share of the MACs from 0 to 1")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise UsageError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         return self
@@ -78,6 +84,7 @@ class ExportReport:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     guard: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None  # Int8Share.to_dict() of model.int8.onnx
     notes: list[str] = field(default_factory=list)
     ok: bool = True
 
@@ -109,8 +116,9 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
     manifest["artifacts"].append(fp32_entry)
     _write_manifest(out, manifest)
 
-    from .runtime.onnxruntime import OrtRunner
     from .evaluate import evaluate_runner
+    from .runtime.numerics import ORT_CPU
+    from .runtime.onnxruntime import OrtRunner
 
     if cfg.fp16:
         fp16_path = out / "model.fp16.onnx"
@@ -130,26 +138,29 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
 
         log(f"evaluating FP32 ONNX on {len(ds.val)} validation images")
         fp32_acc = evaluate_runner(OrtRunner(onnx_path, own=True), ds.val, rm.preprocess, len(rm.classes))
-        report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5}
+        report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5, "numerics": ORT_CPU}
         fp32_entry["accuracy"] = report.accuracy["fp32"]
         int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log)
         report.accuracy["int8"] = int8.accuracy
         report.guard = int8.guard
+        report.int8 = int8.share
         manifest["calibration"] = int8.calibration
         if int8.ok:
             manifest["artifacts"].append(_entry(out / "model.int8.onnx", "int8", "onnx", cfg.opset, target="tensorrt",
-                                                accuracy=int8.accuracy, float_layers=int8.guard.get("float_layers", [])))
+                                                accuracy=int8.accuracy, int8=int8.share,
+                                                float_layers=int8.guard.get("float_layers", [])))
             if int8.cpu and int8.cpu["written"]:
                 report.accuracy["int8-cpu"] = int8.cpu["accuracy"]
                 manifest["artifacts"].append(_entry(out / "model.int8-cpu.onnx", "int8", "onnx", cfg.opset, target="cpu",
-                                                    accuracy=int8.cpu["accuracy"], float_layers=int8.cpu["float_layers"]))
+                                                    accuracy=int8.cpu["accuracy"], int8=int8.cpu["int8"],
+                                                    float_layers=int8.cpu["float_layers"]))
         else:
             report.ok = False
             failure = EdgetlError(int8.message)
         _write_manifest(out, manifest)
 
     if cfg.engine and failure is None:
-        report.notes.extend(_engines(cfg, out, manifest, ds, rm, log))
+        report.notes.extend(_engines(cfg, out, manifest, ds, rm, log, report.accuracy.get("fp32")))
         _write_manifest(out, manifest)
     report.artifacts = manifest["artifacts"]
     if failure is not None:
@@ -297,7 +308,8 @@ def _toposort(graph: Any) -> None:
 
 # ---- engines and manifest ----------------------------------------------------------------------
 
-def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm: RunModel, log: Log) -> list[str]:
+def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm: RunModel, log: Log,
+             fp32: dict[str, float] | None) -> list[str]:
     from . import tensorrt as trt_mod
 
     ok, why = trt_mod.available()
@@ -332,9 +344,28 @@ def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm
         side = trt_mod.build_engine(src, engine, precision, **common, **extra)
         log(f"built {engine.name} from {src.name} in {time.perf_counter() - t0:.0f}s "
             f"(TensorRT {side['tensorrt_version']}, {side['gpu']})")
+        side["accuracy"] = _engine_accuracy(engine, ds, rm, fp32)
+        log(f"{engine.name}: top-1 {side['accuracy']['top1']:.2f}% on the real engine (numerics: tensorrt)")
         manifest["artifacts"].append(side)
         notes.append(f"built {engine.name}")
     return notes
+
+
+def _engine_accuracy(engine: Path, ds: Any, rm: RunModel, fp32: dict[str, float] | None) -> dict[str, Any]:
+    """The engine's own top-1, beside the simulated figure of the ONNX it was built from."""
+    from .evaluate import evaluate_runner
+    from .runtime.numerics import TENSORRT
+    from .runtime.tensorrt import TrtRunner
+
+    runner = TrtRunner(engine)
+    try:
+        acc = evaluate_runner(runner, ds.val, rm.preprocess, len(rm.classes))
+    finally:
+        runner.close()
+    out: dict[str, Any] = {"top1": acc.top1, "top5": acc.top5, "numerics": TENSORRT}
+    if fp32:
+        out["delta_top1"] = acc.top1 - fp32["top1"]
+    return out
 
 
 def _entry(path: Path, precision: str, fmt: str, opset: int | None, **extra: Any) -> dict[str, Any]:

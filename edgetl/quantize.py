@@ -27,6 +27,7 @@ from .data import DataSet, Split, eval_transform, make_loader, scan_image_folder
 from .errors import DataError, UsageError
 from .io import atomic_write_bytes, atomic_write_json, sha256_file
 from .metrics import EvalResult
+from .runtime.numerics import SIMULATED
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused
@@ -46,6 +47,7 @@ class Int8Result:
     guard: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     cpu: dict[str, Any] | None = None
+    share: dict[str, Any] | None = None
 
 
 def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) -> Split:
@@ -182,21 +184,171 @@ def stem_nodes(model_path: Path) -> list[str]:
     return found
 
 
-def quantized_nodes(model_path: Path) -> list[str]:
+def quantized_nodes(model: Any) -> list[str]:
     """Names of the float nodes whose inputs received Q/DQ pairs: the guard's candidates."""
-    import onnx
-
-    g = onnx.load(str(model_path)).graph
+    g = model.graph
     dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
     return [n.name for n in g.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
             and any(i in dq_outputs for i in n.input)]
 
 
+@dataclass
+class Int8Share:
+    """How much of a Q/DQ model really runs in INT8: weighted layers whose activation and weight
+    both come through DequantizeLinear, counted and weighted by multiply-accumulates."""
+
+    weighted_layers: int
+    int8_layers: int
+    macs: int
+    int8_macs: int
+
+    @property
+    def mac_share(self) -> float:
+        return self.int8_macs / self.macs if self.macs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weighted_layers": self.weighted_layers, "int8_layers": self.int8_layers,
+                "macs_per_image": self.macs, "int8_mac_share": round(self.mac_share, 4)}
+
+    def line(self) -> str:
+        return (f"{self.int8_layers}/{self.weighted_layers} weighted layers in INT8, "
+                f"{100 * self.mac_share:.1f}% of the MACs")
+
+
+def layer_macs(prep: Any) -> dict[str, int]:
+    """Multiply-accumulates per image of each weighted layer, from the shapes in the prepared model."""
+    g = prep.graph
+    inits = {t.name: tuple(t.dims) for t in g.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(g.value_info) + list(g.output) + list(g.input)}
+    macs: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = int(np.prod(inits[n.input[1]]))
+        out, inp = shapes.get(n.output[0], []), shapes.get(n.input[0], [])
+        if n.op_type == "Conv":  # each output pixel of each output channel: Cin/groups x kh x kw
+            per = int(np.prod(out[2:])) if out[2:] and all(out[2:]) else 1
+        elif n.op_type == "ConvTranspose":  # each input pixel scatters the whole kernel
+            per = int(np.prod(inp[2:])) if inp[2:] and all(inp[2:]) else 1
+        elif n.op_type == "MatMul":
+            per = int(np.prod(out[1:-1])) if out[1:-1] and all(out[1:-1]) else 1
+        else:  # Gemm: one row per image
+            per = 1
+        macs[n.name] = w * per
+    return macs
+
+
+def int8_share(model: Any, macs: dict[str, int]) -> Int8Share:
+    g = model.graph
+    dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = [n.name for n in g.node if n.name in macs and n.input[0] in dq_outputs and n.input[1] in dq_outputs]
+    return Int8Share(len(macs), len(int8), sum(macs.values()), sum(macs[n] for n in int8))
+
+
+class Floater:
+    """Copies of a Q/DQ model with chosen nodes back in float, by rewiring their inputs to the float
+    tensors of the prepared model: milliseconds, where a quantize_static call per guess took seconds."""
+
+    def __init__(self, q: Any, prep: Any) -> None:
+        self.q = q
+        self.nodes = {n.name: n for n in prep.graph.node}
+        self.inits = {t.name: t for t in prep.graph.initializer}
+
+    def floated(self, names: list[str]) -> Any:
+        import onnx
+
+        m = onnx.ModelProto()
+        m.CopyFrom(self.q)
+        have = {t.name for t in m.graph.initializer}
+        wanted = set(names)
+        for node in m.graph.node:
+            if node.name in wanted:
+                orig = self.nodes[node.name]
+                del node.input[:]
+                node.input.extend(orig.input)
+                for i in orig.input:
+                    if i in self.inits and i not in have:
+                        m.graph.initializer.append(self.inits[i])
+                        have.add(i)
+        _prune(m.graph)
+        return m
+
+
+def _prune(g: Any) -> None:
+    """Drop nodes whose outputs nobody reads (Q/DQ pairs of floated layers) and unused initializers."""
+    keep_out = {o.name for o in g.output}
+    while True:
+        used = keep_out | {i for n in g.node for i in n.input}
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+class ValFeed:
+    """The validation split preprocessed once (when it fits in MAX_VAL_BYTES), so that the guard's
+    evaluations after the first cost inference only."""
+
+    MAX_VAL_BYTES = 1 << 30
+
+    def __init__(self, split: Split, pp: Any, num_classes: int) -> None:
+        self.split, self.pp, self.num_classes = split, pp, num_classes
+        self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.fits = len(split) * 3 * pp.size * pp.size * 4 <= self.MAX_VAL_BYTES
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.cached is not None:
+            yield from self.cached
+            return
+        got = []
+        for x, y in make_loader(self.split, eval_transform(self.pp), 64, shuffle=False, workers=0):
+            got.append((x.numpy(), y.numpy()))
+            yield got[-1]
+        if self.fits:
+            self.cached = got
+
+    def evaluate(self, runner: Any) -> EvalResult:
+        from .metrics import Scorer
+
+        scorer = Scorer(self.num_classes)
+        for x, y in self._batches():
+            scorer.update(runner.run(x), y)
+        return scorer.result()
+
+
+@dataclass
+class Int8Job:
+    """What one INT8 build works with; the guard's attempts share it."""
+
+    prep: Path
+    work: Path
+    cache: Path
+    cfg: Any
+    calib: Split
+    val: ValFeed
+    fp32: EvalResult
+    macs: dict[str, int]
+    log: Any
+
+    def simulated(self, model: Any, name: str) -> EvalResult:
+        """Top-1 of ``model`` with Q/DQ simulated in float: what TensorRT approximates, on any CPU."""
+        from .runtime.onnxruntime import OrtRunner
+
+        path = self.work / name
+        path.write_bytes(model.SerializeToString())
+        return self.val.evaluate(OrtRunner(path, own=True, simulate=True))
+
+
 def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_acc: EvalResult, log: Any) -> Int8Result:
-    """Calibrate (or reuse calib.cache), quantize, evaluate; if the drop exceeds ``cfg.max_drop``,
-    keep the fewest, most sensitive layers in float until it fits."""
-    from .evaluate import evaluate_runner
-    from .runtime.onnxruntime import OrtRunner
+    """Calibrate (or reuse calib.cache), quantize, evaluate in simulated numerics; if the drop exceeds
+    ``cfg.max_drop``, keep the fewest, most sensitive layers in float until it fits, as long as at
+    least ``cfg.min_int8`` of the MACs stay in INT8."""
+    import onnx
 
     split = calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed)
     key = hashlib.sha256(json.dumps({
@@ -222,51 +374,70 @@ def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_
         floats = [] if cfg.quantize_stem else stem_nodes(prep)
         calibration["float_stem"] = floats
         quantize(prep, work / "q.onnx", cache, cfg.calib_method, floats)
-        acc = evaluate_runner(OrtRunner(work / "q.onnx"), ds.val, rm.preprocess, len(rm.classes))
+        q, prep_model = onnx.load(str(work / "q.onnx")), onnx.load(str(prep))
+        job = Int8Job(prep, work, cache, cfg, split, ValFeed(ds.val, rm.preprocess, len(rm.classes)), fp32_acc,
+                      layer_macs(prep_model), log)
+        acc = job.simulated(q, "q-eval.onnx")
         drop = fp32_acc.top1 - acc.top1
-        log(f"top-1 on {acc.images} validation images: FP32 {fp32_acc.top1:.2f}%, INT8 {acc.top1:.2f}% "
-            f"(drop {drop:+.2f} points, budget {cfg.max_drop})")
-        guard: dict[str, Any] = {"max_drop": cfg.max_drop, "initial_drop": drop, "float_layers": []}
-        best = work / "q.onnx"
+        log(f"top-1 on {acc.images} validation images (INT8 simulated in float): FP32 {fp32_acc.top1:.2f}%, "
+            f"INT8 {acc.top1:.2f}% (drop {drop:+.2f} points, budget {cfg.max_drop})")
+        guard: dict[str, Any] = {"max_drop": cfg.max_drop, "min_int8": cfg.min_int8, "initial_drop": drop,
+                                 "float_layers": []}
+        best = q
         if drop > cfg.max_drop:
-            found = _guard(prep, work, cache, cfg, split, rm, ds, fp32_acc, onnx_path, floats, log)
+            found = _guard(job, q, prep_model, floats)
             guard.update(found["guard"])
-            if found["path"] is None:
-                return Int8Result(False, _acc(acc, fp32_acc), calibration, guard,
-                                  f"INT8 loses {drop:.2f} points of top-1 (budget {cfg.max_drop}) and no set of float "
-                                  f"layers brings it within budget; model.onnx and model.fp16.onnx are kept, "
-                                  f"no model.int8.onnx written (try another --calib-method or more --calib-size)")
-            best, acc = found["path"], found["accuracy"]
-        atomic_write_bytes(dst, best.read_bytes())
+            if found["model"] is None:
+                return Int8Result(False, _acc(acc, fp32_acc), calibration, guard, found["message"])
+            best, acc = found["model"], found["accuracy"]
+        share = int8_share(best, job.macs)
         guard["final_drop"] = fp32_acc.top1 - acc.top1
-        result = Int8Result(True, _acc(acc, fp32_acc), calibration, guard)
+        result = Int8Result(True, {**_acc(acc, fp32_acc), "numerics": SIMULATED}, calibration, guard,
+                            share=share.to_dict())
+        if share.mac_share < cfg.min_int8:
+            result.ok = False
+            result.message = (f"model.int8.onnx would be mostly float: {share.line()}, under --min-int8 "
+                              f"{cfg.min_int8:g}; not written. {NEXT_STEPS}")
+            return result
+        log(f"INT8: {share.line()}")
+        atomic_write_bytes(dst, best.SerializeToString())
         if cfg.int8_cpu:
-            result.cpu = _cpu_variant(prep, work, cache, cfg, floats + [x["name"] for x in guard["float_layers"]],
-                                      rm, ds, fp32_acc, out, log)
+            result.cpu = _cpu_variant(job, floats + [x["name"] for x in guard["float_layers"]], out)
     return result
 
 
-def _cpu_variant(prep: Path, work: Path, cache: Path, cfg: Any, floats: list[str], rm: Any, ds: DataSet,
-                 fp32_acc: EvalResult, out: Path, log: Any) -> dict[str, Any]:
-    """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout.
-    Written only when its drop is within the budget too; the result says either way."""
-    from .evaluate import evaluate_runner
+NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, a looser --max-drop, or "
+              "--min-int8 0 to accept a partly float model")
+
+
+def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
+    """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout, measured
+    with the kernels edgetl's runtime picks for this CPU. Written only when its drop is within the budget."""
+    from .runtime.numerics import int8_isa, kernel_config
     from .runtime.onnxruntime import OrtRunner
 
-    q = work / "cpu.onnx"
-    quantize(prep, q, cache, cfg.calib_method, floats, cpu=True)
-    acc = evaluate_runner(OrtRunner(q), ds.val, rm.preprocess, len(rm.classes))
-    drop = fp32_acc.top1 - acc.top1
-    log(f"CPU INT8 (u8 activations, s8 weights): top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
-    info = {"accuracy": _acc(acc, fp32_acc), "float_layers": floats, "written": drop <= cfg.max_drop}
+    q = job.work / "cpu.onnx"
+    quantize(job.prep, q, job.cache, job.cfg.calib_method, floats, cpu=True)
+    runner = OrtRunner(q, own=True)
+    acc = job.val.evaluate(runner)
+    drop = job.fp32.top1 - acc.top1
+    isa = int8_isa()
+    job.log(f"CPU INT8 (u8 activations, s8 weights, ONNX Runtime's kernels on {isa}"
+            f"{', overflow-safe U8U8' if runner.session_config else ''}): top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
+    import onnx
+
+    info = {"accuracy": {**_acc(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
+                         "ort_session_config": kernel_config(isa)},
+            "int8": int8_share(onnx.load(str(q)), job.macs).to_dict(),
+            "float_layers": floats, "written": drop <= job.cfg.max_drop}
     if info["written"]:
         atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
     else:
-        log(f"model.int8-cpu.onnx not written: its drop exceeds --max-drop {cfg.max_drop}")
+        job.log(f"model.int8-cpu.onnx not written: its drop exceeds --max-drop {job.cfg.max_drop}")
     return info
 
 
-def _acc(acc: EvalResult, ref: EvalResult) -> dict[str, float]:
+def _acc(acc: EvalResult, ref: EvalResult) -> dict[str, Any]:
     return {"top1": acc.top1, "top5": acc.top5, "delta_top1": acc.top1 - ref.top1}
 
 
@@ -277,72 +448,96 @@ def _cache_key(cache: Path) -> str | None:
         return None
 
 
-def _guard(prep: Path, work: Path, cache: Path, cfg: Any, split: Split, rm: Any, ds: DataSet,
-           fp32_acc: EvalResult, onnx_path: Path, floats: list[str], log: Any) -> dict[str, Any]:
-    """Rank quantized layers by how much keeping each alone in float brings the INT8 logits back to
-    FP32 (on calibration images), then float the top k, growing k until the validation drop fits."""
-    from .evaluate import evaluate_runner
+def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str, Any]:
+    """Rank quantized layers by how much floating each alone brings the simulated INT8 logits back to
+    FP32 on calibration images (one pass, one cheap model copy per layer), then float the top k,
+    growing k until the validation drop fits; k stops where less than ``min_int8`` of the MACs
+    would stay in INT8."""
     from .runtime.onnxruntime import OrtRunner
 
-    probe = split.subset(range(min(PROBE_IMAGES, len(split))))
-    x = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(rm.preprocess), 64, shuffle=False, workers=0)])
-    ref = OrtRunner(onnx_path, own=True).run(x)
+    cfg, log = job.cfg, job.log
+    t0 = time.perf_counter()
+    floater = Floater(q, prep_model)
+    probe = job.calib.subset(range(min(PROBE_IMAGES, len(job.calib))))
+    probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
+                                                              workers=0)])
+    ref = OrtRunner(job.prep, own=True).run(probe)
 
-    def error(path: Path) -> float:
-        return float(np.mean((OrtRunner(path, own=True).run(x) - ref) ** 2))
+    def error(model: Any) -> float:
+        path = job.work / "probe.onnx"
+        path.write_bytes(model.SerializeToString())
+        return float(np.mean((OrtRunner(path, own=True, simulate=True).run(probe) - ref) ** 2))
 
-    base_err = error(work / "q.onnx")
-    candidates = quantized_nodes(work / "q.onnx")
-    log(f"accuracy guard: measuring the sensitivity of {len(candidates)} quantized layers")
+    base_err = error(q)
+    candidates = quantized_nodes(q)
+    log(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on {len(probe)} images")
     gains: dict[str, float] = {}
-    for name in candidates:
-        q = work / "probe.onnx"
-        quantize(prep, q, cache, cfg.calib_method, floats + [name])
-        gains[name] = base_err - error(q)
+    step = max(1, len(candidates) // 5)
+    for i, name in enumerate(candidates, 1):
+        gains[name] = base_err - error(floater.floated([name]))
+        if i % step == 0 or i == len(candidates):
+            log(f"  ranked {i}/{len(candidates)} layers ({time.perf_counter() - t0:.0f} s)")
     order = sorted(candidates, key=lambda n: -gains[n])
+    # the most layers that can float while min_int8 of the MACs stay in INT8
+    k_max = 0
+    while k_max < len(order) and int8_share(floater.floated(order[:k_max + 1]), job.macs).mac_share >= cfg.min_int8:
+        k_max += 1
     tried: dict[int, float] = {}
+    results: dict[int, tuple[Any, EvalResult]] = {}
 
-    def attempt(k: int) -> tuple[Path, EvalResult]:
-        q = work / f"guard-{k}.onnx"
-        quantize(prep, q, cache, cfg.calib_method, floats + order[:k])
-        acc = evaluate_runner(OrtRunner(q), ds.val, rm.preprocess, len(rm.classes))
-        tried[k] = fp32_acc.top1 - acc.top1
+    def attempt(k: int) -> bool:
+        model = floater.floated(order[:k])
+        acc = job.simulated(model, f"guard-{k}.onnx")
+        tried[k], results[k] = job.fp32.top1 - acc.top1, (model, acc)
         log(f"  {k} layer(s) in float: INT8 top-1 {acc.top1:.2f}% (drop {tried[k]:+.2f})")
-        return q, acc
+        return tried[k] <= cfg.max_drop
 
     # Grow k geometrically until the drop fits, then bisect down to the fewest layers that still fit.
-    lo, k, fit = 0, 1, None
-    while k <= len(order):
-        q, acc = attempt(k)
-        if tried[k] <= cfg.max_drop:
-            fit = (k, q, acc)
+    lo, k, hi = 0, 1, None
+    while k <= k_max:
+        if attempt(k):
+            hi = k
             break
-        lo, k = k, (min(2 * k, len(order)) if k < len(order) else len(order) + 1)
-    if fit is None:
-        return {"path": None, "guard": {"tried": tried, "sensitivity": _top(gains, order)}}
-    hi = fit[0]
+        lo, k = k, (min(2 * k, k_max) if k < k_max else k_max + 1)
+    info: dict[str, Any] = {"tried": tried, "candidates": len(candidates), "sensitivity": _top(gains, order),
+                            "seconds": 0.0}
+    if hi is None:
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
+                 f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
+        drop = tried.get(k_max, min(tried.values()) if tried else float("nan"))
+        return {"model": None, "guard": info,
+                "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of {drop:.2f} points; "
+                f"no model.int8.onnx written, model.onnx and model.fp16.onnx are kept. {NEXT_STEPS}"}
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        q, acc = attempt(mid)
-        if tried[mid] <= cfg.max_drop:
-            hi, fit = mid, (mid, q, acc)
+        if attempt(mid):
+            hi = mid
         else:
             lo = mid
-    k, q, acc = fit
-    layers = [{"name": n, "op": _op_type(prep, n), "sensitivity_mse": gains[n]} for n in order[:k]]
-    log(f"accuracy guard: kept {k} layer(s) in float: {', '.join(n for n in order[:k])}")
-    return {"path": q, "accuracy": acc,
-            "guard": {"float_layers": layers, "tried": tried, "candidates": len(candidates)}}
+    model, acc = results[hi]
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    macs = sum(job.macs.values()) or 1
+    layers = [{"name": n, "op": floater.nodes[n].op_type, "sensitivity_mse": gains[n],
+               "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in order[:hi]]
+    info["float_layers"] = layers
+    log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
+    log(_float_table(layers))
+    return {"model": model, "accuracy": acc, "guard": info}
+
+
+def _float_table(layers: list[dict[str, Any]]) -> str:
+    """The floated layers as a short aligned table: what each costs in MACs and what it bought."""
+    width = min(48, max(len(x["name"]) for x in layers))
+    lines = [f"  {'layer':<{width}}  {'op':<14} {'MACs':>6}  {'sensitivity (logit MSE gain)':>28}"]
+    for x in layers:
+        name = x["name"] if len(x["name"]) <= width else "…" + x["name"][-width + 1:]
+        lines.append(f"  {name:<{width}}  {x['op']:<14} {100 * x['mac_share']:5.1f}%  {x['sensitivity_mse']:28.4g}")
+    return "\n".join(lines)
 
 
 def _top(gains: dict[str, float], order: list[str], n: int = 10) -> list[dict[str, Any]]:
     return [{"name": k, "sensitivity_mse": gains[k]} for k in order[:n]]
-
-
-def _op_type(model_path: Path, node: str) -> str:
-    import onnx
-
-    return next((n.op_type for n in onnx.load(str(model_path)).graph.node if n.name == node), "?")
 
 
 def write_calibration_set(data: str, size: int, out: Path, seed: int = 0, val_split: float | None = None) -> dict[str, Any]:

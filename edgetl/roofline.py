@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError
+from .runtime.numerics import cpu_flags
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PEAK_SECONDS = 1.0  # per measurement: the best of as many repetitions as fit (a neighbour may steal some)
@@ -209,18 +210,3 @@ def _torch_mm(dtype: str, n: int, threads: int, device: str) -> dict[str, Any] |
         return None
     return {"gflops": round(gflops, 1), "method": f"torch.{'_int_mm' if dtype == 'int8' else 'mm'} {_short(dtype)} "
                                                   f"{n}x{n} on {device}", "threads": threads if device == "cpu" else None}
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where unreadable."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return flags

@@ -139,7 +139,8 @@ def test_calibration_cache_is_reused(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_calib: Path, tmp_path: Path) -> None:
     run = _copy_run(tiny_run, tmp_path / "run")
-    report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray_calib), max_drop=0.5))
+    report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray_calib), max_drop=0.5,
+                                 min_int8=0.0))  # bad ranges need many float layers: accepted here on purpose
     guard = report.guard
     assert guard["initial_drop"] > 20  # the bad calibration really hurts
     assert guard["float_layers"] and guard["final_drop"] <= 0.5
@@ -155,17 +156,41 @@ def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_cal
     assert [x["name"] for x in entry["float_layers"]] == [x["name"] for x in guard["float_layers"]]
 
 
-def test_guard_that_cannot_fit_fails_and_keeps_fp32_and_fp16(tiny_run: Path, tmp_path: Path) -> None:
+def test_guard_that_cannot_fit_fails_and_keeps_fp32_and_fp16(tiny_run: Path, gray_calib: Path, tmp_path: Path) -> None:
+    """Bad ranges and a --min-int8 that leaves the guard no layer to float: exit 1, say what to try, keep FP32/FP16."""
     run = _copy_run(tiny_run, tmp_path / "run")
-    r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--fp16", "--max-drop", "-1",
-                        "--calib-size", "16", "--calib-method", "minmax", "--no-engine"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--fp16", "--calib", str(gray_calib),
+                        "--max-drop", "0.5", "--min-int8", "0.999", "--no-engine"], capture_output=True, text=True)
     assert r.returncode == 1
-    assert "no set of float layers brings it within budget" in r.stderr and "Traceback" not in r.stderr
+    assert "misses the --max-drop 0.5 budget" in r.stderr and "--calib-method" in r.stderr
+    assert "Traceback" not in r.stderr
     out = run / "export"
     assert not (out / "model.int8.onnx").exists()
     files = {a["file"] for a in _manifest(out)["artifacts"]}
     assert files == {"model.onnx", "model.fp16.onnx"}
+
+
+def test_mostly_float_int8_is_a_failure_unless_accepted(tiny_run: Path, tmp_path: Path) -> None:
+    """An INT8 file whose MACs mostly stay in float is not an INT8 artifact: exit 1 with the share, no file."""
+    run = _copy_run(tiny_run, tmp_path / "run")
+    cmd = [sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--calib-size", "32", "--no-engine"]
+    r = subprocess.run([*cmd, "--min-int8", "1.0"], capture_output=True, text=True)  # the float stem alone breaks it
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "would be mostly float" in r.stderr and "weighted layers in INT8" in r.stderr and "--min-int8 0" in r.stderr
+    assert not (run / "export" / "model.int8.onnx").exists()
+    r = subprocess.run([*cmd, "--min-int8", "0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    entry = next(a for a in _manifest(run / "export")["artifacts"] if a["file"] == "model.int8.onnx")
+    share = entry["int8"]
+    assert share["int8_layers"] == share["weighted_layers"] - 1 and 0.5 < share["int8_mac_share"] < 1.0
+
+
+@pytest.mark.parametrize("option,value", [("--max-drop", "nan"), ("--max-drop", "-1"), ("--max-drop", "inf"),
+                                          ("--min-int8", "1.5"), ("--min-int8", "nan")])
+def test_int8_budgets_reject_nonsense(tiny_run: Path, option: str, value: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(tiny_run), "--int8", "--no-engine", option, value],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_export_says_engines_were_skipped(tiny_run: Path, tmp_path: Path) -> None:

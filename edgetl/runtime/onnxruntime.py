@@ -1,4 +1,8 @@
-"""ONNX Runtime runner: CPU everywhere, CUDA where onnxruntime-gpu is installed."""
+"""ONNX Runtime runner: CPU everywhere, CUDA where onnxruntime-gpu is installed.
+
+INT8 files run either with ORT's integer kernels, made overflow-safe for this CPU, or ``simulated``
+(Q/DQ in float): see ``numerics``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,17 @@ from ..errors import ArtifactError, UsageError
 class OrtRunner:
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, own: bool = False) -> None:
-        """``own``: a file this process just wrote (export, calibration probes), so the safety check is skipped."""
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, own: bool = False,
+                 simulate: bool = False) -> None:
+        """``own``: a file this process just wrote (export, calibration probes), so the safety check is skipped.
+        ``simulate``: run Q/DQ nodes as float ops, the numerics TensorRT approximates, on any CPU."""
         import onnxruntime as ort
+
+        from .numerics import ORT_CPU, ORT_CUDA, SIMULATE_CONFIG, SIMULATED, int8_layout, kernel_config
 
         self.path = Path(path)
         self.device = device
+        self.threads = threads
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -33,6 +42,16 @@ class OrtRunner:
             from ..onnx_check import check_onnx_file
 
             check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
+        self.int8_layout = int8_layout(self.path)
+        self.session_config: dict[str, str] = {}
+        if simulate:  # ORT_ENABLE_ALL's NCHWc convolutions round differently and flip quantization steps
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            self.session_config = dict(SIMULATE_CONFIG)
+        elif self.int8_layout and device == "cpu":
+            self.session_config = kernel_config()
+        for key, value in self.session_config.items():
+            opts.add_session_config_entry(key, value)
+        self.numerics = SIMULATED if simulate else ORT_CUDA if device == "cuda" else ORT_CPU
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
@@ -45,7 +64,7 @@ class OrtRunner:
         self.input_name = inp.name
         self.input_shape = inp.shape
         self.output_name = self.session.get_outputs()[0].name
-        self.precision = _precision_of(self.path.name)
+        self.precision = "int8" if self.int8_layout else _precision_of(self.path.name)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float32)

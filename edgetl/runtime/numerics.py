@@ -1,0 +1,80 @@
+"""Which numbers an INT8 ONNX file gives on this machine, and how to get honest ones.
+
+Why this exists: ONNX Runtime's x86 u8s8 integer kernels multiply with ``vpmaddubsw``, which
+saturates at int16 on CPUs without VNNI (AVX2-only EPYCs, AVX-512 without VNNI). There, the
+TensorRT-layout file (signed activations, shifted to u8 by ORT) lost 70 points on digits while the
+same graph simulated in float lost none. So:
+
+- ``simulated``: Q/DQ run as float ops (``session.disable_quant_qdq=1`` at ORT_ENABLE_EXTENDED,
+  bit-identical to ORT_DISABLE_ALL; ORT_ENABLE_ALL's NCHWc convolutions round differently). This is
+  how every accuracy figure of the TensorRT artifact is computed on a CPU: TensorRT accumulates
+  int8 x int8 in int32 and does not saturate like this.
+- ``onnxruntime-cpu``: ORT's own integer kernels, with ``session.x64quantprecision=1`` (U8U8 where
+  u8s8 can overflow) on CPUs whose kernels can saturate. It is not set elsewhere: on this project's
+  AMX Xeon it made the CPU artifact 1.6x slower for identical accuracy (RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+SIMULATED = "simulated"
+ORT_CPU = "onnxruntime-cpu"
+ORT_CUDA = "onnxruntime-cuda"
+TENSORRT = "tensorrt"
+SIMULATE_CONFIG = {"session.disable_quant_qdq": "1"}
+SAFE_KERNEL_CONFIG = {"session.x64quantprecision": "1"}
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def int8_isa(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """The instruction set ONNX Runtime's INT8 kernels use here: amx, avx512-vnni, avx-vnni, avx512,
+    avx2, sse (x86), arm64-i8mm, arm64-dotprod, arm64 (Arm), or the machine name."""
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return "arm64-i8mm" if "i8mm" in flags else "arm64-dotprod" if "asimddp" in flags else "arm64"
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        return machine
+    for isa, flag in (("amx", "amx_int8"), ("avx512-vnni", "avx512_vnni"), ("avx-vnni", "avx_vnni"),
+                      ("avx512", "avx512bw"), ("avx2", "avx2")):
+        if flag in flags:
+            return isa
+    return "sse"
+
+
+def int8_can_saturate(isa: str) -> bool:
+    """True where ORT's u8s8 kernels use an int16 intermediate: x86 without VNNI (MLAS's own rule)."""
+    return isa in ("avx512", "avx2", "sse")
+
+
+def kernel_config(isa: str | None = None) -> dict[str, str]:
+    """The session config an INT8 model needs on this CPU for kernels that do not overflow."""
+    return dict(SAFE_KERNEL_CONFIG) if int8_can_saturate(isa or int8_isa()) else {}
+
+
+def int8_layout(path: Path) -> str | None:
+    """``tensorrt`` (signed activations, zero points 0), ``cpu`` (uint8 activations) or None (no Q/DQ)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    zps = [types.get(n.input[2]) for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    if not zps:
+        return None
+    return "cpu" if onnx.TensorProto.UINT8 in zps else "tensorrt"

@@ -1,0 +1,109 @@
+"""INT8 numerics that do not depend on the host's integer kernels: float simulation of the TensorRT
+layout, overflow-safe kernels for the CPU layout, the instruction set in reports and fingerprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgetl.data import eval_transform, load_data, make_loader
+from edgetl.preprocess import Preprocess
+from edgetl.runtime.numerics import int8_can_saturate, int8_isa, int8_layout, kernel_config
+from edgetl.runtime.onnxruntime import OrtRunner
+
+
+def _val_batch(run: Path, n: int = 48) -> np.ndarray:
+    pp = Preprocess.from_dict(json.loads((run / "run.json").read_text())["preprocess"])
+    val = load_data("digits").val.subset(range(n))
+    return next(iter(make_loader(val, eval_transform(pp), n, shuffle=False, workers=0)))[0].numpy()
+
+
+def test_simulated_int8_equals_onnxruntime_float_simulation(tiny_export: Path) -> None:
+    """The guard's and bench's view of model.int8.onnx is ORT with every optimization off: Q/DQ in float."""
+    path = tiny_export / "export" / "model.int8.onnx"
+    x = _val_batch(tiny_export)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    runner = OrtRunner(path, simulate=True)
+    assert runner.numerics == "simulated" and runner.int8_layout == "tensorrt"
+    np.testing.assert_array_equal(runner.run(x), plain)
+
+
+def test_guard_evaluation_is_the_simulated_figure(tiny_export: Path) -> None:
+    """The accuracy export wrote for model.int8.onnx is what a plain float simulation of the file scores."""
+    from edgetl.evaluate import evaluate_runner
+
+    manifest = json.loads((tiny_export / "export" / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model.int8.onnx")
+    assert entry["accuracy"]["numerics"] == "simulated"
+    pp = Preprocess.from_dict(manifest["preprocess"])
+    again = evaluate_runner(OrtRunner(tiny_export / "export" / "model.int8.onnx", simulate=True),
+                            load_data("digits").val, pp, 10)
+    assert again.top1 == pytest.approx(entry["accuracy"]["top1"], abs=1e-9)
+    share = entry["int8"]
+    assert share["weighted_layers"] > 0 and share["int8_layers"] >= 0.9 * (share["weighted_layers"] - 1)
+
+
+@pytest.mark.parametrize("flags,machine,isa,saturates", [
+    ({"avx2", "fma"}, "x86_64", "avx2", True),
+    ({"avx2", "avx512f", "avx512bw"}, "x86_64", "avx512", True),
+    ({"avx2", "avx512bw", "avx512_vnni"}, "x86_64", "avx512-vnni", False),
+    ({"avx2", "avx_vnni"}, "x86_64", "avx-vnni", False),
+    ({"avx2", "avx512_vnni", "amx_int8"}, "x86_64", "amx", False),
+    ({"asimd", "asimddp"}, "aarch64", "arm64-dotprod", False),
+    ({"asimd"}, "aarch64", "arm64", False),
+])
+def test_instruction_set_decides_whether_int8_kernels_can_saturate(flags: set, machine: str, isa: str,
+                                                                   saturates: bool) -> None:
+    assert int8_isa(flags, machine) == isa
+    assert int8_can_saturate(isa) is saturates
+    assert kernel_config(isa) == ({"session.x64quantprecision": "1"} if saturates else {})
+
+
+def test_runner_applies_overflow_safe_kernels_to_int8_where_they_can_saturate(tiny_export: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU the real ORT session of every INT8 file carries session.x64quantprecision=1;
+    float files and CPUs with VNNI keep ORT's defaults."""
+    import edgetl.runtime.numerics as numerics
+
+    export = tiny_export / "export"
+    monkeypatch.setattr(numerics, "int8_isa", lambda *a, **k: "avx2")
+    for name, expected in (("model.int8.onnx", "1"), ("model.onnx", "")):
+        runner = OrtRunner(export / name)
+        got = runner.session.get_session_options().get_session_config_entry("session.x64quantprecision") \
+            if expected else runner.session_config.get("session.x64quantprecision", "")
+        assert got == expected, name
+    monkeypatch.setattr(numerics, "int8_isa", lambda *a, **k: "avx512-vnni")
+    assert OrtRunner(export / "model.int8.onnx").session_config == {}
+    assert int8_layout(export / "model.int8.onnx") == "tensorrt" and int8_layout(export / "model.onnx") is None
+
+
+def test_fingerprints_that_differ_only_in_isa_flags_do_not_match(tmp_path: Path) -> None:
+    """Two EPYCs with one model name, one with AVX-512 VNNI and one AVX2-only, are two machines."""
+    from edgetl.bench import environment, gate
+
+    def machine(flags: str) -> Path:
+        root = tmp_path / flags.replace(" ", "_")
+        (root / "proc").mkdir(parents=True)
+        (root / "proc/cpuinfo").write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 {flags}\n")
+        return root
+
+    avx2 = environment(2, False, machine("avx2 fma"))
+    vnni = environment(2, False, machine("avx2 fma avx512f avx512bw avx512_vnni"))
+    assert avx2["fingerprint_fields"]["cpu"] == vnni["fingerprint_fields"]["cpu"]
+    assert avx2["fingerprint"] != vnni["fingerprint"]
+    assert "avx512_vnni" in vnni["fingerprint_fields"]["isa"] and "avx512_vnni" not in avx2["fingerprint_fields"]["isa"]
+    row = {"artifact": "model.onnx", "backend": "ort-fp32", "precision": "fp32", "batch_size": 1, "device": "cpu",
+           "status": "ok", "p50_ms": 0.36, "p50_rounds_ms": [0.36], "top1": 98.0}
+    result = gate([{**row, "p50_ms": 0.78, "p50_rounds_ms": [0.78]}], avx2, {"environment": vnni, "rows": [row]},
+                  "vnni.json", 0.10, 1.0)
+    assert result.compared == 0 and "isa" in result.notes[0]
+    old = {k: v for k, v in vnni["fingerprint_fields"].items() if k not in ("version", "isa")}
+    result = gate([row], avx2, {"environment": {"fingerprint": "0123", "fingerprint_fields": old}, "rows": [row]},
+                  "old.json", 0.10, 1.0)
+    assert result.compared == 0 and "version 1 machine fingerprint" in result.notes[0]
