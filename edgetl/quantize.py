@@ -31,7 +31,8 @@ from .runtime.numerics import SIMULATED
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused
-PROBE_IMAGES = 64  # calibration images whose FP32 logits rank layer sensitivity
+PROBE_PIXELS = 64 * 64 * 64  # calibration pixels whose FP32 logits rank layer sensitivity: 64 images at 64 px
+PROBE_MIN_IMAGES = 16
 QUANT_SETTINGS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 # ONNX Runtime's x86 integer kernels (VNNI vpdpbusd) multiply u8 activations by s8 weights: on this
 # project's CPU that layout ran 2-4x faster than FP32, the TensorRT layout 0.5-0.9x (RESULTS.md).
@@ -334,6 +335,7 @@ class Int8Job:
     fp32: EvalResult
     macs: dict[str, int]
     log: Any
+    fast_rank: bool = True  # rank on NCHWc kernels: the order is what matters there
 
     def simulated(self, model: Any, name: str) -> EvalResult:
         """Top-1 of ``model`` with Q/DQ simulated in float: what TensorRT approximates, on any CPU."""
@@ -458,7 +460,8 @@ def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
-    probe = job.calib.subset(range(min(PROBE_IMAGES, len(job.calib))))
+    n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
+    probe = job.calib.subset(range(min(n, len(job.calib))))
     probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
                                                               workers=0)])
     ref = OrtRunner(job.prep, own=True).run(probe)
@@ -466,7 +469,7 @@ def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str
     def error(model: Any) -> float:
         path = job.work / "probe.onnx"
         path.write_bytes(model.SerializeToString())
-        return float(np.mean((OrtRunner(path, own=True, simulate=True).run(probe) - ref) ** 2))
+        return float(np.mean((OrtRunner(path, own=True, simulate=True, fast=job.fast_rank).run(probe) - ref) ** 2))
 
     base_err = error(q)
     candidates = quantized_nodes(q)
