@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import ArtifactError, DataError, EdgetlError, UsageError
+from .errors import ArtifactError, DataError, EdgetlError, UsageError, one_line
 from .io import atomic_write_json
 from .metrics import EvalResult, Scorer
 from .preprocess import ImageSource, Preprocess, load_rgb
@@ -68,6 +68,7 @@ MAX_ROUND_SECONDS = 30.0  # a very slow row stops here even below MIN_SAMPLES (i
 POOL_BATCHES = 8  # distinct real batches the timed inputs rotate over
 E2E_MIN_SAMPLES = 20
 ACCURACY_BATCH = 64
+GATE_EMPTY_EXIT = 5  # `edgetl bench --baseline` compared no row (other machine, no common rows, all failed)
 GATE_ROUNDS = 3  # default rounds when gating against a baseline
 RECHECKS = 2  # times a row over the latency limit gets GATE_ROUNDS more rounds before it is judged
 BUSY = 0.10  # share of CPU time taken by others while timing above which the report warns
@@ -107,6 +108,8 @@ class BenchConfig:
     max_regression: float = 0.10
     max_drop: float = 1.0
     save_baseline: str | None = None
+    verify: bool = True  # refuse artifacts whose sha256 differs from the manifest beside them
+    allow_empty: bool = False  # a gate that compared no row passes instead of exiting GATE_EMPTY_EXIT
 
     def validate(self) -> BenchConfig:
         if not self.targets:
@@ -120,16 +123,18 @@ class BenchConfig:
             raise UsageError("--iters and --min-seconds exclude each other: fix the sample count or the time, not both")
         if self.iters is not None and self.iters < 1:
             raise UsageError("--iters must be at least 1")
-        if self.min_seconds is not None and self.min_seconds <= 0:
-            raise UsageError("--min-seconds must be positive")
+        if self.min_seconds is not None and not (math.isfinite(self.min_seconds) and 0 < self.min_seconds <= 3600):
+            raise UsageError(f"--min-seconds {self.min_seconds}: must be a number of seconds above 0, at most 3600")
         if self.warmup < 0 or (self.rounds is not None and self.rounds < 1):
             raise UsageError("--warmup must be >= 0 and --rounds >= 1")
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError("--device must be auto, cpu or cuda")
-        if self.max_regression < 0 or self.max_drop < 0:
-            raise UsageError("--max-regression and --max-drop must be >= 0")
+        if not (math.isfinite(self.max_regression) and 0 <= self.max_regression <= 1000):
+            raise UsageError(f"--max-regression {self.max_regression}: must be a fraction from 0 to 1000 (0.10 = 10%)")
+        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise UsageError(f"--max-drop {self.max_drop}: must be a number of points from 0 to 100")
         return self
 
     @property
@@ -534,6 +539,13 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
     baseline = load_report(Path(cfg.baseline)) if cfg.baseline else None  # a bad baseline fails before the work
     session = _Session(cfg, log or (lambda _m: None))
     targets = plan(cfg)
+    if cfg.verify:
+        from .runtime.verify import verify_artifact
+
+        for target in targets:
+            for item in target.items:
+                if item.artifact is not None and not item.skip and item.artifact.is_file():
+                    verify_artifact(item.artifact)
     env = environment(session.threads, session.torch_ok)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "edgetl_version": __version__,
@@ -609,10 +621,10 @@ class _Session:
                     raise UsageError("PyTorch sees no CUDA GPU")
             runner = open_runner(item.artifact, device=device, threads=self.threads)
         except UsageError as e:  # cannot run here: no GPU, no provider, no PyTorch
-            return f"skipped: {_one_line(e)}"
+            return f"skipped: {one_line(e)}"
         except EdgetlError as e:  # an untrusted or broken artifact
-            self.log(f"{item.backend} ({item.artifact.name}): {_one_line(e)}")
-            return f"failed: {_one_line(e)}"
+            self.log(f"{item.backend} ({item.artifact.name}): {one_line(e)}")
+            return f"failed: {one_line(e)}"
         try:
             self.log(f"{item.backend} ({item.artifact.name}): accuracy on {len(items)} images")
             judge, numerics = _accuracy_runner(runner)
@@ -628,7 +640,7 @@ class _Session:
             e2e = {bs: e2e_timer(runner, inputs.files, bs, inputs.preprocess) for bs in bss} if self.cfg.e2e else {}
         except EdgetlError as e:
             runner.close()
-            return f"failed: {_one_line(e)}"
+            return f"failed: {one_line(e)}"
         return Live(target, item, runner, acc, numerics, "cuda-event" if cuda_torch else "host", model_timers, e2e)
 
     def _torch_live(self, target: Target) -> Live | None:
@@ -661,7 +673,7 @@ class _Session:
         """Gate the rows; rows over the latency limit get more rounds, up to RECHECKS times, and are judged
         on all of them (a real regression stays over the limit however often it is timed)."""
         cfg = self.cfg
-        result = gate(rows, env, baseline, str(cfg.baseline), cfg.max_regression, cfg.max_drop)
+        result = gate(rows, env, baseline, str(cfg.baseline), cfg.max_regression, cfg.max_drop, cfg.allow_empty)
         rechecked: set[tuple] = set()
         done = cfg.n_rounds
         for _ in range(RECHECKS):
@@ -675,7 +687,7 @@ class _Session:
             done += cfg.n_rounds
             rechecked |= suspects
             rows = self.rows(targets)
-            result = gate(rows, env, baseline, str(cfg.baseline), cfg.max_regression, cfg.max_drop)
+            result = gate(rows, env, baseline, str(cfg.baseline), cfg.max_regression, cfg.max_drop, cfg.allow_empty)
         if rechecked:
             result.notes.append(f"{len(rechecked)} row(s) over the limit after {cfg.n_rounds} round(s) were timed "
                                 f"again, up to {done} rounds in all, and judged on all of them")
@@ -986,11 +998,6 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 # --- the regression gate ---------------------------------------------------------------------------------
 
 @dataclass
@@ -1004,10 +1011,12 @@ class GateResult:
     compared: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    allow_empty: bool = False
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """No row regressed, and some row was compared: a gate that checked nothing fails closed."""
+        return not self.failures and (self.compared > 0 or self.allow_empty)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
@@ -1031,7 +1040,7 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, Any], name: str,
-         max_regression: float, max_drop: float) -> GateResult:
+         max_regression: float, max_drop: float, allow_empty: bool = False) -> GateResult:
     """Compare rows with the baseline's rows of the same key, on the same machine only.
 
     A row fails when its fastest round's median (``best_round_ms``) grew by more than ``max_regression``
@@ -1040,7 +1049,8 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
     than ``max_drop`` points, or when it ran in the baseline and does not run now.
     """
     base_env = baseline["environment"]
-    result = GateResult(name, base_env.get("fingerprint") == env["fingerprint"], max_regression, max_drop)
+    result = GateResult(name, base_env.get("fingerprint") == env["fingerprint"], max_regression, max_drop,
+                        allow_empty=allow_empty)
     base_fields = base_env.get("fingerprint_fields") or {}
     if not result.fingerprint_match and base_fields.get("version", 1) < FINGERPRINT_VERSION:
         result.notes.append(f"{name} has a version {base_fields.get('version', 1)} machine fingerprint, which does not "
@@ -1095,7 +1105,8 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
     if gone:
         result.notes.append(f"in the baseline but not measured now: {', '.join(gone)}")
     if result.compared == 0:
-        result.notes.append("no row matched the baseline: nothing was compared")
+        result.notes.append("no row matched the baseline: nothing was compared"
+                            + ("" if allow_empty else f" (exit {GATE_EMPTY_EXIT}; --allow-empty accepts that)"))
     return result
 
 
@@ -1243,7 +1254,7 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     g = report["gate"]
     if g is None:
         return []
-    verdict = "PASS" if g["passed"] else "FAIL"
+    verdict = "PASS" if g["passed"] else "FAIL" if g["failures"] else "FAIL (nothing compared)"
     lines = [f"gate {verdict} against {g['baseline']}: {g['compared']} row(s) compared, "
              f"{len(g['failures'])} offending (limits: latency +{g['max_regression']:.0%}, top-1 -{g['max_drop']:.2f} points)"]
     lines += [f"  {_label(f)}: {f['reason']}" for f in g["failures"]]

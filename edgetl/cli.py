@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import one_line
+
 app = typer.Typer(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
@@ -55,15 +57,6 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-def _one_line(e: BaseException) -> str:
-    """Errors re-raised from DataLoader workers carry a traceback; keep only the original message."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = [ln for ln in text.splitlines() if ln.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a command body; library errors become one red line and DESIGN.md's exit codes."""
     from .errors import EdgetlError
@@ -73,7 +66,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except EdgetlError as e:
         from rich.markup import escape
 
-        err_console.print(f"[red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -419,6 +412,7 @@ def build(
     timing_cache: Annotated[Optional[Path], typer.Option(help="Tactic timing cache: loaded when it exists, saved after the build; makes rebuilds faster.")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Engine file (default: next to the ONNX, e.g. model.int8.engine). Its provenance goes to ENGINE.json beside it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the engine's provenance record (the sidecar) on stdout.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse an ONNX file whose sha256 differs from the manifest.json beside it (exit 4).")] = True,
 ) -> None:
     """Build a TensorRT engine on this machine; it runs only with this TensorRT version and this GPU."""
 
@@ -431,6 +425,10 @@ def build(
         from .tensorrt import (build_engine, calibration_batches, default_engine_path, onnx_preprocess,
                                precision_from_name, sidecar_path)
 
+        if verify:
+            from .runtime.verify import verify_artifact
+
+            verify_artifact(onnx)
         if fp16 and int8:
             raise UsageError("--fp16 and --int8 exclude each other (an INT8 engine already runs its unquantized layers in FP16 where it can)")
         precision = "int8" if int8 else "fp16" if fp16 else precision_from_name(onnx.name)
@@ -462,6 +460,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
     device: Annotated[Device, typer.Option(help="cpu, or cuda for ONNX Runtime's CUDA provider / PyTorch on GPU (engines always run on the GPU).")] = Device.cpu,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON lines) on stdout.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse an artifact whose sha256 differs from the manifest.json beside it (exit 4).")] = True,
 ) -> None:
     """Classify images with an exported artifact; ONNX and TensorRT need no PyTorch."""
 
@@ -469,7 +468,7 @@ def predict(
         from .runtime.predictor import Predictor, expand_images
 
         files = expand_images(images)
-        pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value)
+        pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value, verify=verify)
         if as_json:
             for p in pred.iter_predict(files, top_k, batch_size):
                 print(json.dumps(p.to_dict()), flush=True)
@@ -523,6 +522,8 @@ def bench(
     max_regression: Annotated[float, typer.Option(help="Largest accepted p50 latency growth against the baseline, as a fraction.")] = 0.10,
     max_drop: Annotated[float, typer.Option(help="Largest accepted top-1 drop against the baseline, in points.")] = 1.0,
     save_baseline: Annotated[Optional[Path], typer.Option(help="Write this report as a baseline (not when the gate fails).")] = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Let a gate that compared no row pass (default: exit 5, since a baseline from another machine or with no common rows checks nothing).")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
 ) -> None:
     """Accuracy and latency of the original model and every exported artifact, side by side; a CI regression gate."""
@@ -539,7 +540,8 @@ def bench(
                           min_seconds=min_seconds, rounds=rounds, threads=threads, device=device.value, e2e=e2e,
                           roofline=roofline, baseline=str(baseline) if baseline else None,
                           max_regression=max_regression, max_drop=max_drop,
-                          save_baseline=str(save_baseline) if save_baseline else None)
+                          save_baseline=str(save_baseline) if save_baseline else None,
+                          verify=verify, allow_empty=allow_empty)
         report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
@@ -558,7 +560,9 @@ def bench(
             else:
                 out_console.print(f"baseline written to {shown}", highlight=False)
         if failed:
-            raise typer.Exit(1)
+            from .bench import GATE_EMPTY_EXIT
+
+            raise typer.Exit(1 if report["gate"]["failures"] else GATE_EMPTY_EXIT)
 
     _guard(body)
 

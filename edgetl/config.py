@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -11,6 +13,7 @@ from .models import STRATEGIES
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "disk", "off")
+MAX_IMG_SIZE = 2048  # 100,000 px asked for 1.28 TiB of activations
 
 
 @dataclass
@@ -47,6 +50,12 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> TrainConfig:
+        floats = {"--lr": self.lr, "--backbone-lr-scale": self.backbone_lr_scale,
+                  "--label-smoothing": self.label_smoothing, "--clip-grad": self.clip_grad,
+                  "--warmup-epochs": self.warmup_epochs, "--val-split": self.val_split}
+        for flag, value in floats.items():
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{flag} {value}: must be a finite number")
         checks = [
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
@@ -54,10 +63,13 @@ class TrainConfig:
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (self.img_size is None or self.img_size >= 16, "--img-size must be at least 16"),
+            (self.img_size is None or 16 <= self.img_size <= MAX_IMG_SIZE,
+             f"--img-size must be from 16 to {MAX_IMG_SIZE} px"),
+            (self.epochs <= 100_000 and self.batch_size <= 65_536, "--epochs at most 100000, --batch-size at most 65536"),
             (0.0 < self.backbone_lr_scale <= 1.0, "--backbone-lr-scale must be in (0, 1]"),
             (0.0 <= self.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)"),
             (self.unfreeze >= 0, "--unfreeze must be >= 0"),
+            (self.val_split is None or 0 < self.val_split < 1, "--val-split must be between 0 and 1"),
             (self.early_stop >= 0, "--early-stop must be >= 0"),
             (self.clip_grad >= 0, "--clip-grad must be >= 0"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
@@ -68,6 +80,11 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        if self.data not in ("digits", "cifar10") and self.out:
+            data, out = Path(self.data).resolve(), Path(self.out).resolve()
+            if out == data or out.is_relative_to(data):
+                raise UsageError(f"--out {self.out} is inside --data {self.data}: the run folder would become a "
+                                 "class of the data; put it elsewhere")
         return self
 
     @property

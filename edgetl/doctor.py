@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import one_line
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -166,7 +167,7 @@ def _torch() -> dict[str, Any]:
     try:
         import torch
     except Exception as e:  # a broken install raises OSError/RuntimeError as well as ImportError
-        return {"version": None, "error": _first_line(e), "cuda_build": None, "cuda_available": False,
+        return {"version": None, "error": one_line(e), "cuda_build": None, "cuda_available": False,
                 "cudnn": None, "devices": []}
     devices: list[dict[str, Any]] = []
     try:
@@ -176,7 +177,7 @@ def _torch() -> dict[str, Any]:
             devices.append({"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
                             "memory_mb": p.total_memory // 2**20})
     except Exception as e:
-        available, devices = False, [{"error": _first_line(e)}]
+        available, devices = False, [{"error": one_line(e)}]
     try:
         cudnn = _cudnn_version(torch.backends.cudnn.version())
     except Exception:
@@ -199,7 +200,7 @@ def _tensorrt() -> dict[str, Any]:
     try:
         import tensorrt as trt
     except Exception as e:
-        return {"version": None, "error": _first_line(e), "builder": False, "builder_error": None}
+        return {"version": None, "error": one_line(e), "builder": False, "builder_error": None}
 
     class _Collect(trt.ILogger):  # keep TensorRT's own words for the report instead of printing them
         def __init__(self) -> None:
@@ -215,7 +216,7 @@ def _tensorrt() -> dict[str, Any]:
         ok = trt.Builder(logger) is not None
         why = None if ok else (logger.errors[:1] or ["trt.Builder returned None"])[0]
     except Exception as e:
-        ok, why = False, (logger.errors[:1] or [_first_line(e)])[0]
+        ok, why = False, (logger.errors[:1] or [one_line(e)])[0]
     return {"version": trt.__version__, "error": None, "builder": ok, "builder_error": why}
 
 
@@ -232,7 +233,7 @@ def _onnxruntime() -> dict[str, Any]:
     try:
         import onnxruntime as ort
     except Exception as e:
-        return {"version": None, "error": _first_line(e), "packages": dists, "providers": [], "working": {}}
+        return {"version": None, "error": one_line(e), "packages": dists, "providers": [], "working": {}}
     providers = list(ort.get_available_providers())
     working = {p: _ort_probe(ort, p) for p in ("CPUExecutionProvider", "CUDAExecutionProvider",
                                                 "TensorrtExecutionProvider") if p in providers}
@@ -249,7 +250,7 @@ def _ort_probe(ort: Any, provider: str) -> str | None:
         import numpy as np
         from onnx import TensorProto, helper
     except Exception as e:
-        return f"not run: {_first_line(e)}"
+        return f"not run: {one_line(e)}"
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
@@ -261,7 +262,7 @@ def _ort_probe(ort: Any, provider: str) -> str | None:
             sess = ort.InferenceSession(model.SerializeToString(), providers=[provider])
             y = sess.run(None, {"x": x})[0] if provider in sess.get_providers() else None
         except Exception as e:
-            return _first_line(e)
+            return one_line(e)
     if y is None:
         return "its libraries did not load" + _load_failure(log.text)
     return None if np.array_equal(y, np.maximum(x, 0)) else "wrong result from a Relu"
@@ -509,6 +510,3 @@ def _run(cmd: list[str]) -> str | None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__

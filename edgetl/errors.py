@@ -31,3 +31,20 @@ class TrainingError(EdgetlError):
     """Training could not go on (NaN loss, ...); the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """The reason an exception gives, on one line: what the CLI prints and what messages quote.
+
+    DataLoader workers re-raise with the worker's traceback (the original message is its last line);
+    PyTorch's ``load_state_dict`` puts its reason on the line after an "Error(s) in loading" header.
+    """
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Original Traceback" in str(e):
+        last = lines[-1]
+        return (last.split(": ", 1)[1] if ": " in last else last)[:limit]
+    if lines[0].startswith("Error(s) in loading") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"[:limit]
+    return lines[0][:limit]

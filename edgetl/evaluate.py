@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
-from .errors import ArtifactError, DataError
+from .errors import ArtifactError, DataError, one_line
 from .models import build
 from .preprocess import Preprocess
 from .metrics import EvalResult, Scorer
@@ -36,7 +36,7 @@ def load_run_model(run: Path, checkpoint: str = "best.pt") -> RunModel:
         built.model.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise ArtifactError(f"{Path(run) / checkpoint}: does not fit model {info['model']} "
-                            f"({str(e).splitlines()[0][:160]})") from e
+                            f"({one_line(e)})") from e
     built.model.eval()
     return RunModel(built.model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), info)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from . import __version__
 from .data import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
-from .io import atomic_write_bytes, atomic_write_json, sha256_file
+from .io import atomic_write_bytes, atomic_write_json, folder_lock, sha256_file
 from .preprocess import Preprocess
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -95,13 +97,41 @@ class Log:
     def __call__(self, msg: str) -> None: ...
 
 
+ARTIFACT_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx",
+                  "model.fp16.engine", "model.int8.engine")
+
+
 def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
-    """Write and verify every artifact; raise EdgetlError if INT8 cannot meet ``max_drop`` (the rest is kept)."""
+    """Write and verify every artifact; raise EdgetlError if one fails its check (it is removed, the
+    others are still made) or INT8 cannot meet ``max_drop``. Afterwards the folder holds exactly the
+    artifacts its manifest lists: none from an earlier export, none that failed."""
     cfg.validate()
-    log = log or Log()
-    out = cfg.out_dir
     rm = load_run_model(Path(cfg.run))
     ds = run_data(rm.run)  # the run's own split, without the files its data check skipped
+    out = cfg.out_dir
+    with folder_lock(out, "export"):
+        for stale in out.glob(".quant-*"):  # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        (out / "manifest.json").unlink(missing_ok=True)  # nothing from an earlier export is vouched for now
+        try:
+            return _export(cfg, rm, ds, out, log or Log())
+        finally:
+            _sweep_unlisted(out)
+
+
+def _sweep_unlisted(out: Path) -> None:
+    """Remove artifacts (and engine sidecars) that the manifest on disk does not list."""
+    try:
+        listed = {a["file"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    for name in ARTIFACT_FILES:
+        if name not in listed:
+            (out / name).unlink(missing_ok=True)
+            (out / f"{name}.json").unlink(missing_ok=True)
+
+
+def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> ExportReport:
     report = ExportReport(str(out))
     manifest = _manifest_base(rm, cfg)
 
@@ -120,19 +150,23 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
     from .runtime.numerics import ORT_CPU
     from .runtime.onnxruntime import OrtRunner
 
+    failures: list[EdgetlError] = []
     if cfg.fp16:
         fp16_path = out / "model.fp16.onnx"
         to_fp16(onnx_path, fp16_path)
         agree = _agreement(OrtRunner(onnx_path, own=True), OrtRunner(fp16_path, own=True), x_verify)
         if agree["top1_agreement"] < MIN_FP16_AGREEMENT:
-            raise ArtifactError(f"{fp16_path}: FP16 disagrees with FP32 on {100 * (1 - agree['top1_agreement']):.1f}% "
-                                "of the verification images")
-        log(f"verified model.fp16.onnx against model.onnx: max |Δlogit| {agree['max_abs_diff']:.2e}, "
-            f"top-1 agreement {100 * agree['top1_agreement']:.1f}%")
-        manifest["artifacts"].append(_entry(fp16_path, "fp16", "onnx", cfg.opset, verification=agree))
-        _write_manifest(out, manifest)
+            fp16_path.unlink()
+            failures.append(ArtifactError(f"{fp16_path}: FP16 disagrees with FP32 on "
+                                          f"{100 * (1 - agree['top1_agreement']):.1f}% of the verification images; "
+                                          "removed"))
+            log(str(failures[-1]))
+        else:
+            log(f"verified model.fp16.onnx against model.onnx: max |Δlogit| {agree['max_abs_diff']:.2e}, "
+                f"top-1 agreement {100 * agree['top1_agreement']:.1f}%")
+            manifest["artifacts"].append(_entry(fp16_path, "fp16", "onnx", cfg.opset, verification=agree))
+            _write_manifest(out, manifest)
 
-    failure: EdgetlError | None = None
     if cfg.int8:
         from .quantize import build_int8
 
@@ -155,16 +189,17 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
                                                     accuracy=int8.cpu["accuracy"], int8=int8.cpu["int8"],
                                                     float_layers=int8.cpu["float_layers"]))
         else:
-            report.ok = False
-            failure = EdgetlError(int8.message)
+            failures.append(EdgetlError(int8.message))
         _write_manifest(out, manifest)
 
-    if cfg.engine and failure is None:
+    if cfg.engine and not failures:
         report.notes.extend(_engines(cfg, out, manifest, ds, rm, log, report.accuracy.get("fp32")))
         _write_manifest(out, manifest)
     report.artifacts = manifest["artifacts"]
-    if failure is not None:
-        raise failure
+    if failures:
+        report.ok = False
+        first = failures[0]
+        raise type(first)("; and ".join(str(f) for f in failures))
     return report
 
 
@@ -404,15 +439,3 @@ def _manifest_base(rm: RunModel, cfg: ExportConfig) -> dict[str, Any]:
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     atomic_write_json(out / "manifest.json", manifest)
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    import json
-
-    p = Path(folder) / "manifest.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{folder}: no manifest.json (run `edgetl export` first)") from None
-    except ValueError as e:
-        raise ArtifactError(f"{p}: unreadable ({e})") from e

@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import ArtifactError, EdgetlError
+from .errors import ArtifactError, EdgetlError, UsageError
 
 
 def _read_umask() -> int:
@@ -108,3 +109,45 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+LOCK_NAME = ".edgetl.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """One writer per run or export folder: an exclusive ``flock`` on ``folder/.edgetl.lock``.
+
+    A second process gets a one-line UsageError naming the PID that holds it. A folder this call
+    created and that holds nothing but the lock when it ends (a run refused at its start) is removed.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / LOCK_NAME, "a+")
+    except OSError as e:
+        raise _write_error(folder / LOCK_NAME, e) from e
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise UsageError(f"{folder}: another edgetl {what} (PID {pid}) is writing this folder; wait for it "
+                             "to finish or pick another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            _unlink_quietly(str(folder / LOCK_NAME))
+            try:
+                folder.rmdir()
+            except OSError:
+                pass

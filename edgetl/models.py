@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArtifactError, EdgetlError, UsageError
+from .errors import ArtifactError, EdgetlError, UsageError, one_line
 from .preprocess import Preprocess
 
 BUNDLED = "efficientnet_lite0"
@@ -224,7 +224,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             obj: Any = load_file(str(path))
         except Exception as e:  # SafetensorError, OSError: a damaged or foreign file
-            raise ArtifactError(f"{path}: not a loadable tensor file ({_first_line(e)})") from e
+            raise ArtifactError(f"{path}: not a loadable tensor file ({one_line(e)})") from e
     else:
         obj = torch_load_tensors(path, "tensor file")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -249,12 +249,7 @@ def torch_load_tensors(path: Path, what: str = "checkpoint") -> Any:
             detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln), "")
             raise ArtifactError(f"{path}: not a loadable {what}, refused: it holds Python objects beyond tensors "
                                 f"and plain data, which could run code when loaded ({detail[:160]})") from e
-        raise ArtifactError(f"{path}: not a loadable {what}: truncated or corrupt ({_first_line(e)})") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+        raise ArtifactError(f"{path}: not a loadable {what}: truncated or corrupt ({one_line(e)})") from e
 
 
 # ---- fine-tuning strategies -------------------------------------------------------------

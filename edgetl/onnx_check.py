@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from .errors import ArtifactError, one_line
 
 
 def check_onnx_file(path: Path) -> None:
@@ -24,7 +24,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # google.protobuf DecodeError, onnx errors: not a model
-        raise ArtifactError(f"{path}: not an ONNX model ({_first_line(e)})") from e
+        raise ArtifactError(f"{path}: not an ONNX model ({one_line(e)})") from e
     folder = path.parent.resolve()
     for name, location in _external_locations(model):
         target = folder / location
@@ -36,7 +36,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # onnx.checker.ValidationError and friends
-        raise ArtifactError(f"{path}: fails the ONNX checker ({_first_line(e)})") from e
+        raise ArtifactError(f"{path}: fails the ONNX checker ({one_line(e)})") from e
 
 
 def _external_locations(model: Any) -> list[tuple[str, str]]:
@@ -61,6 +61,3 @@ def _tensors(graph: Any) -> list[Any]:
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -202,6 +202,7 @@ class Int8Share:
     int8_layers: int
     macs: int
     int8_macs: int
+    int8_names: tuple[str, ...] = ()
 
     @property
     def mac_share(self) -> float:
@@ -244,7 +245,7 @@ def int8_share(model: Any, macs: dict[str, int]) -> Int8Share:
     g = model.graph
     dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = [n.name for n in g.node if n.name in macs and n.input[0] in dq_outputs and n.input[1] in dq_outputs]
-    return Int8Share(len(macs), len(int8), sum(macs.values()), sum(macs[n] for n in int8))
+    return Int8Share(len(macs), len(int8), sum(macs.values()), sum(macs[n] for n in int8), tuple(int8))
 
 
 class Floater:
@@ -277,18 +278,19 @@ class Floater:
 
 
 def _prune(g: Any) -> None:
-    """Drop nodes whose outputs nobody reads (Q/DQ pairs of floated layers) and unused initializers."""
+    """Drop nodes whose outputs nobody reads (Q/DQ pairs of floated layers) and unused initializers.
+    Deleted by index: ``remove`` compares whole protos, weights included."""
     keep_out = {o.name for o in g.output}
     while True:
         used = keep_out | {i for n in g.node for i in n.input}
-        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        dead = [k for k, n in enumerate(g.node) if not any(o in used for o in n.output)]
         if not dead:
             break
-        for n in dead:
-            g.node.remove(n)
+        for k in reversed(dead):
+            del g.node[k]
     used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
+    for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in used]):
+        del g.initializer[k]
 
 
 class ValFeed:
@@ -482,8 +484,13 @@ def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str
             log(f"  ranked {i}/{len(candidates)} layers ({time.perf_counter() - t0:.0f} s)")
     order = sorted(candidates, key=lambda n: -gains[n])
     # the most layers that can float while min_int8 of the MACs stay in INT8
-    k_max = 0
-    while k_max < len(order) and int8_share(floater.floated(order[:k_max + 1]), job.macs).mac_share >= cfg.min_int8:
+    base = int8_share(q, job.macs)
+    int8_now = set(base.int8_names)
+    k_max, left = 0, base.int8_macs
+    for name in order:
+        left -= job.macs[name] if name in int8_now else 0
+        if left < cfg.min_int8 * base.macs:
+            break
         k_max += 1
     tried: dict[int, float] = {}
     results: dict[int, tuple[Any, EvalResult]] = {}

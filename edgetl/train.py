@@ -33,8 +33,8 @@ from .distributed import Dist, all_sum
 from .distributed import setup as setup_dist
 from .distributed import teardown as teardown_dist
 from .feed import CachedFeed, Feed, FeatureFeed, LoaderFeed, epoch_seed
-from .errors import ArtifactError, TrainingError, UsageError
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .errors import ArtifactError, TrainingError, UsageError, one_line
+from .io import atomic_write, atomic_write_json, atomic_write_text, folder_lock
 from .metrics import EvalResult, Scorer
 from .models import apply_strategy, build, set_train_mode, torch_load_tensors
 from .preprocess import Preprocess
@@ -86,6 +86,13 @@ def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None,
     cfg.validate()
     if check not in CHECK_MODES:
         raise UsageError(f"check must be one of {', '.join(CHECK_MODES)}")
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the run folder for all ranks
+        return _finetune(cfg, resume, hooks, check)
+    with folder_lock(Path(cfg.out), "finetune"):
+        return _finetune(cfg, resume, hooks, check)
+
+
+def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -> Summary:
     hooks = hooks or Hooks()
     out = Path(cfg.out)
     if not resume and (out / "last.pt").exists():
@@ -400,8 +407,7 @@ def _restore(out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
         scaler.load_state_dict(ck["scaler"])
         state = {k: ck[k] for k in ("epoch", "best_top1", "best_top5", "best_epoch", "stale")}
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ArtifactError(f"{path}: does not fit this run's model, optimizer or schedule ({reason})") from e
+        raise ArtifactError(f"{path}: does not fit this run's model, optimizer or schedule ({one_line(e)})") from e
     return state, _read_metrics(out)[: state["epoch"]]
 
 

@@ -113,7 +113,7 @@ def test_backends_that_cannot_run_here_are_rows_with_a_reason(report: dict, tiny
     (run / "export" / "model.fp16.onnx").unlink()
     (run / "export" / "model.int8.onnx").write_bytes(b"not an onnx file")
     rep = run_bench(BenchConfig([str(run)], backends=("ort-fp32", "ort-fp16", "ort-int8"), batch_sizes=(1,),
-                                warmup=0, iters=2, e2e=False))
+                                warmup=0, iters=2, e2e=False, verify=False))  # verified, it is refused whole
     status = {r["backend"]: r["status"] for r in rep["rows"]}
     assert status["ort-fp32"] == "ok"
     assert status["ort-fp16"].startswith("skipped: no model.fp16.onnx") and "--fp16" in status["ort-fp16"]
@@ -211,7 +211,7 @@ def test_gate_does_not_compare_rows_from_another_machine(report: dict) -> None:
     other["environment"]["fingerprint_fields"]["cpu"] = "Some Other CPU"
     _scale(other["rows"], 0.1)
     result = gate(report["rows"], report["environment"], other, "other.json", 0.10, 1.0)
-    assert result.passed and result.compared == 0 and not result.fingerprint_match
+    assert not result.passed and result.compared == 0 and not result.fingerprint_match  # fails closed
     assert "another machine" in result.notes[0] and "Some Other CPU" in result.notes[0]
 
 
@@ -272,16 +272,28 @@ def test_cli_writes_json_markdown_baseline_and_gates(tiny: Path, tmp_path: Path)
     assert "not written" in r.stderr and not new_base.exists()
 
 
-def test_cli_gate_on_another_machine_says_rows_were_not_compared(tiny: Path, tmp_path: Path) -> None:
+def test_cli_gate_that_compared_nothing_fails_closed(tiny: Path, tmp_path: Path) -> None:
+    """Another machine's baseline, an empty one, or one whose rows all failed: exit 5, not a pass."""
     base = tmp_path / "base.json"
     args = [str(tiny / "export" / "model.onnx"), "--backends", "ort-fp32", "--batch-size", "1", *QUICK, "--no-e2e"]
     assert cli(*args, "--save-baseline", str(base), cwd=tmp_path).returncode == 0
     doc = json.loads(base.read_text())
-    doc["environment"]["fingerprint"] = "0123456789abcdef"
-    base.write_text(json.dumps(doc))
-    r = cli(*args, "--baseline", str(base), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "0 row(s) compared" in r.stdout and "another machine" in r.stdout
+    other = copy.deepcopy(doc)
+    other["environment"]["fingerprint"] = "0123456789abcdef"
+    other["environment"]["fingerprint_fields"]["cpu"] = "Some Other CPU"
+    empty = {**copy.deepcopy(doc), "rows": []}
+    failed = copy.deepcopy(doc)
+    for row in failed["rows"]:
+        row["status"] = "failed: it broke"
+    for name, baseline in (("other", other), ("empty", empty), ("failed", failed)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(baseline))
+        r = cli(*args, "--baseline", str(path), cwd=tmp_path)
+        assert r.returncode == 5, (name, r.stdout, r.stderr)
+        assert "0 row(s) compared" in r.stdout and "gate FAIL (nothing compared)" in r.stdout, name
+        if name == "other":
+            assert "another machine" in r.stdout and "Some Other CPU" in r.stdout
+        assert cli(*args, "--baseline", str(path), "--allow-empty", cwd=tmp_path).returncode == 0, name
 
 
 @pytest.mark.parametrize(
@@ -291,6 +303,12 @@ def test_cli_gate_on_another_machine_says_rows_were_not_compared(tiny: Path, tmp
         (["--batch-size", "0"], 2, "--batch-size"),
         (["--iters", "5", "--min-seconds", "1"], 2, "exclude each other"),
         (["--baseline", "/no/such/baseline.json"], 2, "/no/such/baseline.json: no such baseline"),
+        (["--max-regression", "nan"], 2, "--max-regression nan"),
+        (["--max-regression", "-0.5"], 2, "--max-regression"),
+        (["--max-drop", "inf"], 2, "--max-drop inf"),
+        (["--min-seconds", "nan"], 2, "--min-seconds nan"),
+        (["--min-seconds", "0"], 2, "--min-seconds"),
+        (["--min-seconds", "-inf"], 2, "--min-seconds"),
     ],
 )
 def test_bad_options_are_one_line_errors(tiny: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:

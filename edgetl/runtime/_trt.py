@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgetlError, UsageError
+from ..errors import EdgetlError, UsageError, one_line
 
 TRT_INSTALL_HINT = "pip install 'edgetl[trt]'"
 MIN_TRT = (8, 5)
@@ -29,7 +29,7 @@ def import_tensorrt() -> ModuleType:
     except ModuleNotFoundError as e:
         raise UsageError(f"tensorrt is not installed: {TRT_INSTALL_HINT}") from e
     except ImportError as e:  # installed, but its native libraries do not load
-        raise UsageError(f"tensorrt cannot be imported ({_first_line(e)})") from e
+        raise UsageError(f"tensorrt cannot be imported ({one_line(e)})") from e
     if trt_version(trt)[:2] < MIN_TRT:
         raise UsageError(f"TensorRT {trt.__version__} is too old: edgetl needs TensorRT 8.5 or newer")
     return trt
@@ -157,6 +157,3 @@ class DeviceBuffer:
             self.ptr, self.nbytes = 0, 0
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -47,8 +47,14 @@ def artifact_metadata(artifact: Path) -> dict[str, Any]:
 class Predictor:
     """Loads ``model.onnx`` / ``model.int8.onnx`` / ``*.engine`` / ``best.pt`` (or a run folder)."""
 
-    def __init__(self, artifact: Path | str, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, artifact: Path | str, *, device: str = "cpu", threads: int | None = None,
+                 verify: bool = True) -> None:
+        """``verify``: refuse a file whose sha256 differs from its entry in the manifest.json beside it."""
         self.artifact = Path(artifact)
+        if verify:
+            from .verify import verify_artifact
+
+            verify_artifact(self.artifact)
         meta = artifact_metadata(self.artifact)
         self.classes: list[str] = meta["classes"]
         self.preprocess: Preprocess = meta["preprocess"]
