@@ -45,6 +45,7 @@ class ExportConfig:
     calib_size: int = 512
     calib_method: str = "minmax"
     quantize_stem: bool = False
+    bias_correction: bool = True
     int8_cpu: bool = False
     calib_mode: str = "explicit"
     max_drop: float = 1.0

@@ -237,3 +237,31 @@ def test_cpu_int8_variant_uses_uint8_activations(tiny_run: Path, tmp_path: Path)
     from edgetl.runtime import Predictor
 
     assert Predictor(out / "model.int8-cpu.onnx").runner.precision == "int8"
+
+
+def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run: Path, tmp_path: Path) -> None:
+    """The corrected TensorRT-layout file differs from the uncorrected one in Conv biases alone, and its
+    logits' per-class mean on validation images moves toward FP32's."""
+    from edgetl.data import eval_transform, load_data, make_loader
+    from edgetl.preprocess import Preprocess
+    from edgetl.runtime.onnxruntime import OrtRunner
+
+    files = {}
+    for corrected in (False, True):
+        run = _copy_run(tiny_run, tmp_path / f"run-{corrected}")
+        export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, bias_correction=corrected))
+        files[corrected] = run / "export"
+    plain, fixed = (onnx.load(str(files[c] / "model.int8.onnx")) for c in (False, True))
+    assert [(n.op_type, list(n.input)) for n in plain.graph.node] == [(n.op_type, list(n.input)) for n in fixed.graph.node]
+    biases = {n.input[2] for n in fixed.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in plain.graph.initializer}
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in fixed.graph.initializer}
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert changed and changed <= biases
+    pp = Preprocess.from_dict(_manifest(files[True])["preprocess"])
+    x = torch.cat([x for x, _ in make_loader(load_data("digits").val, eval_transform(pp), 128, shuffle=False,
+                                              workers=0)]).numpy()
+    ref = OrtRunner(files[True] / "model.onnx").run(x).mean(axis=0)
+    err = {c: np.abs(OrtRunner(files[c] / "model.int8.onnx", simulate=True).run(x).mean(axis=0) - ref).sum()
+           for c in (False, True)}
+    assert err[True] < err[False]
