@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import one_line
+from .errors import one_line, printable
 
 app = typer.Typer(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -66,7 +66,8 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except EdgetlError as e:
         from rich.markup import escape
 
-        err_console.print(f"[red]error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
+        text = one_line(e) if "Original Traceback" in str(e) else printable(str(e))  # names stay on the line
+        err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -93,6 +94,7 @@ def _default_out(model: str, data: str) -> Path:
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="ImageFolder root (train/ + val/, or one folder with --val-split), 'digits' (bundled, offline) or 'cifar10' (torchvision download).")] = "digits",
     model: Annotated[str, typer.Option(help="torchvision or timm model name ('timm/NAME' forces timm); see `edgetl models`.")] = "efficientnet_lite0",
     weights: Annotated[str, typer.Option(help="imagenet | none | FILE (.pt/.pth state dict or .safetensors).")] = "imagenet",
@@ -132,10 +134,17 @@ def finetune(
 
     def body() -> None:
         from .config import TrainConfig
+        from .errors import UsageError
         from .train import resume_config
 
         if resume is not None:
-            cfg = resume_config(resume, epochs if _given("--epochs") else None)
+            changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS
+                             and _from_command_line(ctx, p))
+            if changed:
+                raise UsageError(f"--resume {resume} continues the run as its run.json records it; "
+                                 f"{', '.join(changed)} would change it and are refused (only --epochs, the new "
+                                 "total, can be given; start a new run with another --out to change the rest)")
+            cfg = resume_config(resume, epochs if _from_command_line(ctx, "epochs") else None)
         else:
             cfg = TrainConfig(
                 data=data, out=str(out or _default_out(model, data)), model=model, weights=weights,
@@ -155,8 +164,12 @@ def finetune(
     _guard(body)
 
 
-def _given(flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:])
+RESUME_OPTIONS = {"resume", "epochs", "quiet", "as_json", "check", "strict"}  # the rest would change the run
+
+
+def _from_command_line(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)  # by name: Typer may bring its own copy of click's enum
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def _train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Any:
@@ -462,6 +475,7 @@ def predict(
     device: Annotated[Device, typer.Option(help="cpu, or cuda for ONNX Runtime's CUDA provider / PyTorch on GPU (engines always run on the GPU).")] = Device.cpu,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON lines) on stdout.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse an artifact whose sha256 differs from the manifest.json beside it (exit 4).")] = True,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Exit 0 when some images could not be read (they are listed either way; default: exit 3 after predicting the rest).")] = False,
 ) -> None:
     """Classify images with an exported artifact; ONNX and TensorRT need no PyTorch."""
 
@@ -470,17 +484,27 @@ def predict(
 
         files = expand_images(images)
         pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value, verify=verify)
+        bad: list[tuple[str, str]] = []
+        results = pred.iter_predict(files, top_k, batch_size, on_error=lambda name, e: bad.append((name, str(e))))
         if as_json:
-            for p in pred.iter_predict(files, top_k, batch_size):
+            for p in results:
                 print(json.dumps(p.to_dict()), flush=True)
-            return
-        t = Table(title=f"{artifact} ({pred.runner.backend}, {pred.runner.precision})")
-        t.add_column("image")
-        for i in range(min(top_k, len(pred.classes))):
-            t.add_column(f"top-{i + 1}")
-        for p in pred.iter_predict(files, top_k, batch_size):
-            t.add_row(p.source, *[f"{c} {100 * prob:.1f}%" for _, c, prob in p.top])
-        out_console.print(t)
+        else:
+            t = Table(title=f"{artifact} ({pred.runner.backend}, {pred.runner.precision})")
+            t.add_column("image")
+            for i in range(min(top_k, len(pred.classes))):
+                t.add_column(f"top-{i + 1}")
+            for p in results:
+                t.add_row(printable(p.source), *[printable(f"{c} {100 * prob:.1f}%") for _, c, prob in p.top])
+            out_console.print(t)
+        if bad:
+            from rich.markup import escape
+
+            err_console.print(f"{len(bad)} of {len(files)} image(s) could not be read:", highlight=False)
+            for _, why in bad:
+                err_console.print(f"  {escape(printable(why))}", highlight=False, soft_wrap=True)
+            if not skip_bad:
+                raise typer.Exit(3)
 
     _guard(body)
 

@@ -75,6 +75,12 @@ def load_data(spec: str, val_split: float | None = None, seed: int = 0, skip: Co
         classes, everything = scan_image_folder(folders["train"], boundary=root)
         tr, va = stratified_split(everything.labels, val_split or 0.2, seed)
         train, val = everything.subset(tr), everything.subset(va)
+    if len(classes) < 2:
+        hint = (f"; {folders['train']} holds only a {classes[0]}/ folder: put the class folders in "
+                f"{root}/train/<class>/ and {root}/val/<class>/, or in {root}/<class>/" if classes and
+                classes[0] in ("train", "val") else "")
+        raise DataError(f"{folders['train']}: {len(classes)} class folder(s) {classes}; fine-tuning a classifier "
+                        f"needs at least two{hint}")
     if skip:
         train, val = _without(train, skip), _without(val, skip)
         present = set(train.labels)

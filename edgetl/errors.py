@@ -48,3 +48,9 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     if lines[0].startswith("Error(s) in loading") and len(lines) > 1:
         return f"{lines[0]} {lines[1]}"[:limit]
     return lines[0][:limit]
+
+
+def printable(text: str) -> str:
+    """Control characters escaped (``\\n``, ``\\x1b``...): file names are data, and a name holding an
+    escape sequence must not drive the terminal, nor a newline cut a one-line error."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

@@ -6,13 +6,14 @@ Torch-free on purpose: the deploy runtime (no PyTorch on a Jetson) shares it.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -92,6 +93,13 @@ def _triple(v: Any) -> tuple[float, float, float]:
     return t  # type: ignore[return-value]
 
 
+def _check_aspect(size: tuple[int, int], name: str) -> None:
+    w, h = size
+    if min(w, h) < 1 or max(w, h) / min(w, h) > MAX_ASPECT:
+        raise DataError(f"{name}: {w}x{h} px is more than {MAX_ASPECT:g} times longer than wide; refused before "
+                        "decoding (EDGETL_MAX_ASPECT raises the limit)")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (L, P, RGBA, CMYK, I;16, ...) to 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -103,10 +111,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+MAX_ASPECT = float(os.environ.get("EDGETL_MAX_ASPECT", "20"))  # longer side / shorter side
+
+
 def load_rgb(src: ImageSource) -> Image.Image:
-    """Decode ``src`` (a path, a PIL image or an HxW[xC] uint8 array) into RGB, with a clear error."""
+    """Decode ``src`` (a path, a PIL image or an HxW[xC] uint8 array) into RGB, upright as its EXIF
+    orientation says, with a clear error. An image more than MAX_ASPECT times longer than wide is
+    refused from its header: resizing its short side to the model's input would take gigabytes."""
     if isinstance(src, Image.Image):
-        return to_rgb(src)
+        _check_aspect(src.size, "image")
+        return to_rgb(ImageOps.exif_transpose(src))
     if isinstance(src, np.ndarray):
         return to_rgb(Image.fromarray(src))
     path = Path(src)
@@ -114,8 +128,9 @@ def load_rgb(src: ImageSource) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                _check_aspect(im.size, str(path))
                 im.load()
-                return to_rgb(im)
+                return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError as e:
         raise DataError(f"{path}: no such file") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

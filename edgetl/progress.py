@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .errors import printable
 from .train import Hooks
 
 
@@ -103,4 +104,4 @@ def print_data_check(console: Console, report: Any, limit: int = 10, summary_onl
     if report.skipped:
         lines[0] += "; the bad files are left out of training (list in RUN/data_check.json)"
     for line in lines:
-        console.print(escape(line), highlight=False, soft_wrap=True)
+        console.print(escape(printable(line)), highlight=False, soft_wrap=True)

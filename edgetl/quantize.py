@@ -4,6 +4,10 @@ TensorRT-shaped Q/DQ (DESIGN.md): symmetric INT8 activations and weights (zero p
 per-channel weights, bias left in float, made with ONNX Runtime's quantize_static as NVIDIA's
 ModelOpt does. Calibration ranges are cached in ``calib.cache`` (ONNX Runtime's JSON ranges
 plus an ``edgetl_key``), so exporting again with the same model and data skips calibration.
+
+Longer than this project's 400-line guide because calibration, quantization, the INT8 share, bias
+correction and the guard share one hand-off (``Int8Job``); the restructuring issue moves them to
+``export/int8/{calibrate,guard}.py``.
 """
 
 from __future__ import annotations
@@ -395,7 +399,7 @@ def build_int8(rm: Any, ds: DataSet, onnx_path: Path, out: Path, cfg: Any, fp32_
                                  "float_layers": []}
         best = q
         if drop > cfg.max_drop:
-            found = _guard(job, q, prep_model, floats)
+            found = _guard(job, q, prep_model, drop)
             guard.update(found["guard"])
             if found["model"] is None:
                 return Int8Result(False, _acc(acc, fp32_acc), calibration, guard, found["message"])
@@ -535,7 +539,7 @@ def _cache_key(cache: Path) -> str | None:
         return None
 
 
-def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str, Any]:
+def _guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
     """Rank quantized layers by how much floating each alone brings the simulated INT8 logits back to
     FP32 on calibration images (one pass, one cheap model copy per layer), then float the top k,
     growing k until the validation drop fits; k stops where less than ``min_int8`` of the MACs
@@ -598,10 +602,11 @@ def _guard(job: Int8Job, q: Any, prep_model: Any, floats: list[str]) -> dict[str
         info["seconds"] = round(time.perf_counter() - t0, 1)
         limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
                  f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
-        drop = tried.get(k_max, min(tried.values()) if tried else float("nan"))
+        drop = tried[max(tried)] if tried else initial_drop
         return {"model": None, "guard": info,
-                "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of {drop:.2f} points; "
-                f"no model.int8.onnx written, model.onnx and model.fp16.onnx are kept. {NEXT_STEPS}"}
+                "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
+                           f"{drop:.2f} points; no model.int8.onnx written, model.onnx and model.fp16.onnx are kept. "
+                           f"{NEXT_STEPS}"}
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if attempt(mid):

@@ -468,9 +468,15 @@ def read_run(run: Path) -> dict[str, Any]:
 
 
 def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
-    cfg = TrainConfig.from_dict(read_run(run)["config"])
+    """The run's own configuration; ``epochs`` is the new total and must exceed the epochs already done."""
+    info = read_run(run)
+    cfg = TrainConfig.from_dict(info["config"])
     cfg.out = str(run)
+    done = (info.get("metrics") or {}).get("epochs")
     if epochs is not None:
+        if isinstance(done, int) and epochs <= done:
+            raise UsageError(f"{run}: has trained {done} epoch(s) already; with --resume, --epochs is the new total, "
+                             f"so pass more than {done} to train further")
         cfg.epochs = epochs
     return cfg
 

@@ -143,3 +143,88 @@ def test_every_numeric_finetune_option_refuses_nonsense(tmp_path: Path, option: 
         return
     assert r.exit_code == 2, (option, value, r.output)
     assert option in r.output and "Traceback" not in r.output
+
+
+def test_data_with_fewer_than_two_classes_is_refused(tmp_path: Path) -> None:
+    from conftest import make_image_folder
+
+    one = make_image_folder(tmp_path / "one", classes=1)
+    only_val = tmp_path / "only-val"
+    make_image_folder(only_val / "val", classes=3)
+    for data, says in ((one, "1 class folder(s) ['class_0']"), (only_val, "holds only a val/ folder")):
+        r = cli("finetune", "--data", str(data), "--out", str(tmp_path / f"run-{data.name}"), "--epochs", "1",
+                "--model", "timm/test_resnet", "--weights", "none", "--img-size", "32", "--workers", "0")
+        assert r.returncode == 3 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / f"run-{data.name}").exists()
+
+
+def test_exif_orientation_is_applied_and_both_decoders_agree(tiny_export: Path, tmp_path: Path) -> None:
+    """A phone photo stored sideways with Orientation=6 is seen upright, by training/eval (torchvision)
+    and by the torch-free Predictor alike."""
+    import numpy as np
+    from PIL import Image
+
+    from edgetl.data import eval_transform
+    from edgetl.preprocess import Preprocess, load_rgb
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    stored = Image.fromarray(arr)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    stored.save(tmp_path / "sideways.jpg", exif=exif.tobytes(), quality=95)
+    upright = load_rgb(tmp_path / "sideways.jpg")
+    assert upright.size == (20, 40)  # width 20, height 40: turned upright
+    top, bottom = np.asarray(upright)[2, 10], np.asarray(upright)[-3, 10]
+    assert top[0] > 200 and bottom[2] > 200  # red on top, blue below, as displayed
+    stored.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    pred = Predictor(tiny_export / "export" / "model.onnx")
+    a, b = pred.predict([tmp_path / "sideways.jpg", tmp_path / "upright.png"], top_k=3)
+    assert a.top[0][1] == b.top[0][1]
+    pp = Preprocess.from_dict(json.loads((tiny_export / "run.json").read_text())["preprocess"])
+    torch_x = eval_transform(pp)(load_rgb(tmp_path / "sideways.jpg")).numpy()
+    assert np.abs(torch_x - pp.to_array(load_rgb(tmp_path / "sideways.jpg"))).max() < 0.05
+
+
+def test_extreme_aspect_ratios_are_refused_before_decoding(tiny_export: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (100000, 1)).save(tmp_path / "line.png")
+    r = cli("predict", str(tiny_export / "export" / "model.onnx"), str(tmp_path / "line.png"))
+    assert r.returncode == 3 and "100000x1 px" in r.stderr and "EDGETL_MAX_ASPECT" in r.stderr
+
+
+def test_names_with_control_characters_are_printed_escaped(tiny_export: Path, tmp_path: Path) -> None:
+    """A file named with an escape sequence and a newline: the terminal sees \\x1b and \\n, and the
+    reason stays on the error's one line."""
+    bad = tmp_path / "evil\x1b[2J\nname.png"
+    bad.write_bytes(b"not a png")
+    r = cli("predict", str(tiny_export / "export" / "model.onnx"), str(bad))
+    assert r.returncode == 3 and "\x1b" not in r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if "evil" in ln)
+    assert "evil\\x1b[2J\\nname.png" in line and "not an image file" in line
+
+
+def test_predict_on_a_folder_predicts_what_it_can_and_lists_the_rest(tiny_export: Path, image: Path,
+                                                                     tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copyfile(image, folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG but no more")
+    model = str(tiny_export / "export" / "model.onnx")
+    r = cli("predict", model, str(folder), "--json")
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert sorted(Path(json.loads(ln)["source"]).name for ln in r.stdout.splitlines()) == ["a.png", "b.png"]
+    assert "1 of 3 image(s) could not be read" in r.stderr and "broken.png" in r.stderr
+    assert cli("predict", model, str(folder), "--skip-bad").returncode == 0
+
+
+def test_resume_refuses_options_that_would_change_the_run(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    r = cli("finetune", "--resume", str(run), "--lr", "0.5", "--data", "somewhere", "--epochs", "5")
+    assert r.returncode == 2 and "--data, --lr would change it and are refused" in r.stderr
+    r = cli("finetune", "--resume", str(run), "--epochs", "2")  # the run already has 3
+    assert r.returncode == 2 and "has trained 3 epoch(s) already" in r.stderr and "more than 3" in r.stderr

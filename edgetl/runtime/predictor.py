@@ -4,7 +4,7 @@ unless the artifact is a PyTorch checkpoint."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +63,24 @@ class Predictor:
     def predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
         return list(self.iter_predict(images, top_k, batch_size))
 
-    def iter_predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16) -> Iterator[Prediction]:
-        """Predict in batches; paths, PIL images and HxW[xC] uint8 arrays may be mixed."""
+    def iter_predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16,
+                     on_error: Callable[[str, DataError], None] | None = None) -> Iterator[Prediction]:
+        """Predict in batches; paths, PIL images and HxW[xC] uint8 arrays may be mixed. With ``on_error``,
+        an image that cannot be decoded is reported there and skipped instead of ending the run."""
         if top_k < 1 or batch_size < 1:
             raise UsageError("--top-k and --batch-size must be at least 1")
         k = min(top_k, len(self.classes))
         batch: list[tuple[str, np.ndarray]] = []
         for i, img in enumerate(images):
             name = str(img) if isinstance(img, (str, Path)) else f"<image {i}>"
-            batch.append((name, self.preprocess.to_array(load_rgb(img))))
+            try:
+                x = self.preprocess.to_array(load_rgb(img))
+            except DataError as e:
+                if on_error is None:
+                    raise
+                on_error(name, e)
+                continue
+            batch.append((name, x))
             if len(batch) == batch_size:
                 yield from self._run(batch, k)
                 batch = []
