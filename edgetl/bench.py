@@ -1036,7 +1036,26 @@ def load_report(path: Path) -> dict[str, Any]:
     version = doc.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ArtifactError(f"{path}: bench schema_version {version!r}; this edgetl reads 1..{SCHEMA_VERSION}")
+    for i, row in enumerate(doc["rows"]):
+        why = _bad_row(row)
+        if why:
+            raise ArtifactError(f"{path}: row {i} {why}; not a report edgetl wrote")
     return doc
+
+
+def _bad_row(row: Any) -> str | None:
+    """Why a baseline row cannot be gated on (a latency of 0 would divide by zero), or None."""
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), (str, int, type(None))) for k in ROW_KEY):
+        return "is not a bench row"
+    if row.get("status") != "ok":
+        return None
+    times = [row.get("p50_ms"), *(row.get("p50_rounds_ms") or [])]
+    if not all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in times):
+        return f"has latencies {times!r}, not positive numbers of milliseconds"
+    top1 = row.get("top1")
+    if top1 is not None and not (isinstance(top1, (int, float)) and math.isfinite(top1)):
+        return f"has top-1 {top1!r}, not a number"
+    return None
 
 
 def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, Any], name: str,

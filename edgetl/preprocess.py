@@ -61,10 +61,16 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(
-            int(d["size"]), int(d["resize"]), _triple(d["mean"]), _triple(d["std"]),
-            str(d.get("interpolation", "bilinear")),
-        )
+        """From run.json or manifest.json, checked before anything is allocated from it (ValueError)."""
+        pp = cls(int(d["size"]), int(d["resize"]), _triple(d["mean"]), _triple(d["std"]),
+                 str(d.get("interpolation", "bilinear")))
+        if not (1 <= pp.size <= MAX_SIZE and pp.size <= pp.resize <= 2 * MAX_SIZE):
+            raise ValueError(f"preprocess size {pp.size} / resize {pp.resize} outside 1..{MAX_SIZE} px")
+        if not all(math.isfinite(v) for v in pp.mean + pp.std) or min(pp.std) <= 0:
+            raise ValueError(f"preprocess mean {list(pp.mean)} / std {list(pp.std)} are not finite, positive stds")
+        if pp.interpolation not in _PIL_INTERP:
+            raise ValueError(f"preprocess interpolation {pp.interpolation!r} is not one of {', '.join(_PIL_INTERP)}")
+        return pp
 
     @property
     def pil_interpolation(self) -> Image.Resampling:
@@ -111,6 +117,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+MAX_SIZE = 2048  # px: the largest input edgetl trains or reads from a record (`--img-size` has the same limit)
 MAX_ASPECT = float(os.environ.get("EDGETL_MAX_ASPECT", "20"))  # longer side / shorter side
 
 

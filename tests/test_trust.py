@@ -228,3 +228,35 @@ def test_resume_refuses_options_that_would_change_the_run(tiny_run: Path, tmp_pa
     assert r.returncode == 2 and "--data, --lr would change it and are refused" in r.stderr
     r = cli("finetune", "--resume", str(run), "--epochs", "2")  # the run already has 3
     assert r.returncode == 2 and "has trained 3 epoch(s) already" in r.stderr and "more than 3" in r.stderr
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda m: m["preprocess"].update(size=100000, resize=100000), "preprocess size 100000"),
+    (lambda m: m["preprocess"].update(std=[0.5, 0.0, 0.5]), "positive stds"),
+    (lambda m: m.update(classes=[]), "classes must be a list"),
+])
+def test_manifest_values_are_checked_before_anything_is_allocated(exported: Path, image: Path, change, says) -> None:
+    manifest_path = exported / "export" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    change(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    r = cli("predict", str(exported / "export" / "model.onnx"), str(image))
+    assert r.returncode == 4 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_baseline_with_zero_or_unknown_latencies_is_refused(tiny_export: Path, tmp_path: Path) -> None:
+    from edgetl.bench import load_report
+
+    doc = {"schema_version": 1, "environment": {}, "rows": [
+        {"artifact": "model.onnx", "backend": "ort-fp32", "precision": "fp32", "batch_size": 1, "device": "cpu",
+         "status": "ok", "p50_ms": 0.0, "p50_rounds_ms": [0.0], "top1": 90.0}]}
+    path = tmp_path / "zero.json"
+    for p50, top1, says in ((0.0, 90.0, "not positive numbers"), ("fast", 90.0, "not positive numbers"),
+                            (1.0, "high", "not a number")):
+        doc["rows"][0].update(p50_ms=p50, p50_rounds_ms=[p50], top1=top1)
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ArtifactError, match=says):
+            load_report(path)
+    r = cli("bench", str(tiny_export / "export" / "model.onnx"), "--backends", "ort-fp32", "--batch-size", "1",
+            "--iters", "2", "--no-e2e", "--baseline", str(path))
+    assert r.returncode == 4 and "row 0" in r.stderr and "Traceback" not in r.stderr

@@ -15,6 +15,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..preprocess import ImageSource, Preprocess, load_rgb
 from .base import Runner, open_runner, softmax
 
+MAX_CLASSES = 100_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
@@ -37,7 +38,11 @@ def artifact_metadata(artifact: Path) -> dict[str, Any]:
         if record.is_file():
             try:
                 doc = json.loads(record.read_text())
-                return {"classes": list(doc["classes"]), "preprocess": Preprocess.from_dict(doc["preprocess"]),
+                classes = doc["classes"]
+                if not (isinstance(classes, list) and 0 < len(classes) <= MAX_CLASSES
+                        and all(isinstance(c, str) for c in classes)):
+                    raise ValueError(f"classes must be a list of 1..{MAX_CLASSES} names")
+                return {"classes": list(classes), "preprocess": Preprocess.from_dict(doc["preprocess"]),
                         "record": str(record)}
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ArtifactError(f"{record}: unreadable classes/preprocess ({e})") from e
