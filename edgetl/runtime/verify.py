@@ -8,11 +8,11 @@ Torch-free. A file without a manifest beside it has nothing to be checked agains
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import ArtifactError
+from ..io import sha256_file
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 FIX = "re-export it (`edgetl export RUN`), or pass --no-verify for a file you vouch for"
@@ -23,11 +23,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+        _HASHES[key] = sha256_file(path)
     return _HASHES[key]
 
 
