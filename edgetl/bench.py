@@ -54,8 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, limits
 from .errors import ArtifactError, DataError, EdgetlError, UsageError, one_line
+from .limits import Range
 from .io import atomic_write_json
 from .metrics import EvalResult, Scorer
 from .preprocess import ImageSource, Preprocess, load_rgb
@@ -117,24 +118,21 @@ class BenchConfig:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
             raise UsageError(f"--backends: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(BACKENDS)}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise UsageError("--batch-size: positive integers, e.g. 1,8")
+        if not self.batch_sizes or not all(b in limits.BATCH for b in self.batch_sizes):
+            raise UsageError(f"--batch-size: integers {limits.BATCH}, e.g. 1,8")
         if self.iters is not None and self.min_seconds is not None:
             raise UsageError("--iters and --min-seconds exclude each other: fix the sample count or the time, not both")
-        if self.iters is not None and self.iters < 1:
-            raise UsageError("--iters must be at least 1")
-        if self.min_seconds is not None and not (math.isfinite(self.min_seconds) and 0 < self.min_seconds <= 3600):
-            raise UsageError(f"--min-seconds {self.min_seconds}: must be a number of seconds above 0, at most 3600")
-        if self.warmup < 0 or (self.rounds is not None and self.rounds < 1):
-            raise UsageError("--warmup must be >= 0 and --rounds >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be at least 1")
+        limits.check({
+            "--warmup": (self.warmup, Range(0, 100_000)),
+            "--iters": (self.iters, Range(1, 10_000_000)),
+            "--min-seconds": (self.min_seconds, Range(0, 3600, open_lo=True)),
+            "--rounds": (self.rounds, Range(1, 100)),
+            "--threads": (self.threads, Range(1, 1024)),
+            "--max-regression": (self.max_regression, Range(0, 1000)),  # a fraction: 0.10 = 10%
+            "--max-drop": (self.max_drop, limits.POINTS),
+        })
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError("--device must be auto, cpu or cuda")
-        if not (math.isfinite(self.max_regression) and 0 <= self.max_regression <= 1000):
-            raise UsageError(f"--max-regression {self.max_regression}: must be a fraction from 0 to 1000 (0.10 = 10%)")
-        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
-            raise UsageError(f"--max-drop {self.max_drop}: must be a number of points from 0 to 100")
         return self
 
     @property

@@ -7,8 +7,9 @@ start-up, no pickling and no care about signals.
 
 Findings come in three levels:
 - ``error``: training cannot start (empty class, classes that differ, a symlink out of the root);
-- ``bad``: a file that cannot be used (corrupt, truncated, zero-byte, unreadable, a decompression
-  bomb); training skips it and lists it in ``RUN/data_check.json``;
+- ``bad``: a file that cannot be used (corrupt, truncated, zero-byte, a decompression bomb, or
+  unreadable: permission denied, for a file or a nested folder); training skips it and lists it in
+  ``RUN/data_check.json``;
 - ``warning``: worth knowing, harmless to training (hidden folders, non-image files, very small or
   very large images, calibration classes missing).
 ``--strict`` turns every finding into a failure (exit 3). Input files are only ever read.
@@ -29,6 +30,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from . import limits
 from .errors import DataError
 from .preprocess import load_rgb
 
@@ -82,7 +84,10 @@ def list_image_folder(folder: Path, boundary: Path | None = None) -> Listing:
     real_boundary = Path(boundary or folder).resolve()
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
-    entries = sorted(folder.iterdir())
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError as e:
+        raise DataError(f"{folder}: permission denied, cannot list the data folder") from e
     listing = Listing(folder, [d.name for d in entries if d.is_dir() and not d.name.startswith(".")])
     add = listing.findings.append
     for e in entries:
@@ -93,13 +98,21 @@ def list_image_folder(folder: Path, boundary: Path | None = None) -> Listing:
             add(Finding("warning", "not_in_class", str(e), f"image outside any class folder of {folder}, skipped"))
     if not listing.classes:
         add(Finding("error", "no_classes", str(folder), f"no class folders (expected {folder}/<class>/<image>)"))
+    def unreadable(e: OSError) -> None:
+        where = Path(e.filename)
+        if isinstance(e, PermissionError):
+            level = "error" if where == top else "bad"  # a whole class missing stops training
+            add(Finding(level, "permission", str(where), "permission denied: folder not readable, its images are left out"))
+        else:
+            add(Finding("bad", "unreadable", str(where), f"folder not readable ({e.strerror or e}), its images are left out"))
+
     for idx, cls in enumerate(listing.classes):
         top = folder / cls
-        if not top.resolve().is_relative_to(real_boundary):
+        if not _inside(top, real_boundary):
             add(Finding("error", "outside_root", str(top), f"symlink points outside the data root {boundary or folder}, refused"))
             continue
-        n_before = len(listing.files)
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        n_before, n_findings = len(listing.files), len(listing.findings)
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=False):
             here = Path(dirpath)
             for d in sorted(dirnames):
                 if d.startswith("."):
@@ -114,14 +127,31 @@ def list_image_folder(folder: Path, boundary: Path | None = None) -> Listing:
                 if p.suffix.lower() not in IMAGE_EXTENSIONS:
                     add(Finding("warning", "not_image", str(p), f"not an image file ({p.suffix or 'no extension'}), skipped"))
                     continue
-                if p.is_symlink() and not p.resolve().is_relative_to(real_boundary):
-                    add(Finding("error", "outside_root", str(p), f"symlink points outside the data root {boundary or folder}, refused"))
+                if p.is_symlink() and not _inside(p, real_boundary):
+                    add(_escape_finding(p, f"the data root {boundary or folder}"))
                     continue
                 listing.files.append(p)
                 listing.labels.append(idx)
-        if len(listing.files) == n_before:
+        if len(listing.files) == n_before and not any(f.kind == "permission" and f.path == str(top)
+                                                      for f in listing.findings[n_findings:]):
             add(Finding("error", "empty_class", str(top), "class folder holds no images"))
     return listing
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    """Whether ``path``'s real location is inside ``real_root``; a symlink loop is not."""
+    try:
+        return path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # Python before 3.13 raises RuntimeError for a symlink loop
+        return False
+
+
+def _escape_finding(path: Path, root: str) -> Finding:
+    try:
+        path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Finding("error", "broken_symlink", str(path), "symlink loop or dangling symlink, refused")
+    return Finding("error", "outside_root", str(path), f"symlink points outside {root}, refused")
 
 
 @dataclass
@@ -187,8 +217,12 @@ class DataReport:
 
 
 def check_data(root: Path, calib: Path | None = None, *, val_split: float | None = None,
-               min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS, workers: int | None = None) -> DataReport:
+               min_side: int = MIN_SIDE, max_megapixels: float = MAX_PIXELS / 1e6,
+               workers: int | None = None) -> DataReport:
     """List the folders `--data root` trains from (and ``calib``), decode every image, report findings."""
+    limits.check({"--min-side": (min_side, limits.NON_NEGATIVE), "--max-megapixels": (max_megapixels, limits.POSITIVE),
+                  "--workers": (workers, limits.WORKERS)})
+    max_pixels = int(max_megapixels * 1e6)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
@@ -198,7 +232,7 @@ def check_data(root: Path, calib: Path | None = None, *, val_split: float | None
         calib = Path(calib)
         if not calib.is_dir():
             raise DataError(f"{calib}: no such calibration folder")
-        listings["calib"] = _calib_listing(calib)
+        listings["calib"] = calibration_listing(calib)
     findings = [f for lst in listings.values() for f in lst.findings]
     findings += _class_differences(listings)
     files = [p for lst in listings.values() for p in lst.files]
@@ -226,9 +260,13 @@ def check_data(root: Path, calib: Path | None = None, *, val_split: float | None
                       len(files) - len(bad), time.perf_counter() - start)
 
 
-def _calib_listing(calib: Path) -> Listing:
+def calibration_listing(calib: Path) -> Listing:
     """A calibration folder is an ImageFolder, or a flat folder of images (no classes to compare)."""
-    if any(p.is_dir() and not p.name.startswith(".") for p in calib.iterdir()):
+    try:
+        entries = list(calib.iterdir())
+    except PermissionError as e:
+        raise DataError(f"{calib}: permission denied, cannot list the calibration folder") from e
+    if any(p.is_dir() and not p.name.startswith(".") for p in entries):
         return list_image_folder(calib)
     return flat_image_files(calib)
 
@@ -237,13 +275,17 @@ def flat_image_files(folder: Path) -> Listing:
     """The images directly in ``folder``; symlinks leaving it are refused, as in class folders."""
     real = Path(folder).resolve()
     lst = Listing(Path(folder), [])
-    for p in sorted(Path(folder).iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except PermissionError as e:
+        raise DataError(f"{folder}: permission denied, cannot list the folder") from e
+    for p in entries:
+        if p.name.startswith(".") or not (p.is_file() or p.is_symlink()):
             continue
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             lst.findings.append(Finding("warning", "not_image", str(p), f"not an image file ({p.suffix or 'no extension'}), skipped"))
-        elif not p.resolve().is_relative_to(real):
-            lst.findings.append(Finding("error", "outside_root", str(p), f"symlink points outside the folder {folder}, refused"))
+        elif not _inside(p, real):
+            lst.findings.append(_escape_finding(p, f"the folder {folder}"))
         else:
             lst.files.append(p)
             lst.labels.append(0)
@@ -295,6 +337,8 @@ def _decode(path: Path, min_side: int, max_pixels: int) -> tuple[str | None, tup
             mode, size = im.mode, im.size
     except FileNotFoundError:
         return bad("missing", "vanished while being checked")
+    except PermissionError:
+        return bad("permission", "permission denied: not readable by this user")
     except Image.DecompressionBombError:
         return bad("bomb", "image too large, refused as a possible decompression bomb")
     except UnidentifiedImageError:

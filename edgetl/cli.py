@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import limits
 from .errors import one_line, printable
 
 app = typer.Typer(
@@ -247,7 +248,8 @@ def check_data_cmd(
 
         from .checkdata import check_data
 
-        report = check_data(path, calib, min_side=min_side, max_pixels=int(max_megapixels * 1e6), workers=workers)
+        limits.check({"--limit": (limit, limits.NON_NEGATIVE)})
+        report = check_data(path, calib, min_side=min_side, max_megapixels=max_megapixels, workers=workers)
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
         else:
@@ -406,8 +408,13 @@ def calib(
         from .quantize import write_calibration_set
 
         info = write_calibration_set(data, size, out, seed, val_split)
+        for path, reason in list(info["skipped"].items())[:5]:
+            err_console.print(f"skipped {printable(path)}: {printable(reason)}", markup=False, highlight=False)
+        if len(info["skipped"]) > 5:
+            err_console.print(f"skipped {len(info['skipped']) - 5} more (listed in {out / 'calib.json'})")
         out_console.print(f"wrote {info['size']} images from {info['source']} to {out} "
-                          f"({len(info['classes'])} classes; list in {out / 'calib.json'})")
+                          f"({len(info['classes'])} classes; list in {out / 'calib.json'}"
+                          + (f"; {len(info['skipped'])} bad file(s) skipped" if info["skipped"] else "") + ")")
 
     _guard(body)
 
@@ -436,9 +443,10 @@ def build(
         from rich.markup import escape
 
         from .errors import UsageError
-        from .tensorrt import (build_engine, calibration_batches, default_engine_path, onnx_preprocess,
-                               precision_from_name, sidecar_path)
+        from .tensorrt import (build_engine, calibration_batches, check_build_numbers, default_engine_path,
+                               onnx_preprocess, precision_from_name, sidecar_path)
 
+        check_build_numbers(opt_batch, max_batch, workspace, dla)
         if verify:
             from .runtime.verify import verify_artifact
 
@@ -481,6 +489,8 @@ def predict(
 
     def body() -> None:
         from .runtime.predictor import Predictor, expand_images
+
+        limits.check({"--top-k": (top_k, limits.COUNT), "--batch-size": (batch_size, limits.BATCH)})
 
         files = expand_images(images)
         pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value, verify=verify)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from . import limits
 from .errors import UsageError
+from .limits import Range
 from .models import STRATEGIES
 from .preprocess import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
 
@@ -50,31 +51,29 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> TrainConfig:
-        floats = {"--lr": self.lr, "--backbone-lr-scale": self.backbone_lr_scale,
-                  "--label-smoothing": self.label_smoothing, "--clip-grad": self.clip_grad,
-                  "--warmup-epochs": self.warmup_epochs, "--val-split": self.val_split}
-        for flag, value in floats.items():
-            if value is not None and not math.isfinite(value):
-                raise UsageError(f"{flag} {value}: must be a finite number")
+        limits.check({
+            "--val-split": (self.val_split, limits.FRACTION_OPEN),
+            "--img-size": (self.img_size, Range(16, MAX_SIZE)),
+            "--unfreeze": (self.unfreeze, limits.NON_NEGATIVE),
+            "--backbone-lr-scale": (self.backbone_lr_scale, Range(0, 1, open_lo=True)),
+            "--epochs": (self.epochs, Range(1, 100_000)),
+            "--batch-size": (self.batch_size, limits.BATCH),
+            "--lr": (self.lr, limits.POSITIVE),  # a huge one is legal: it diverges, and says so
+            "--weight-decay": (self.weight_decay, Range(0, 1)),
+            "--momentum": (self.momentum, Range(0, 1, open_hi=True)),
+            "--label-smoothing": (self.label_smoothing, Range(0, 1, open_hi=True)),
+            "--warmup-epochs": (self.warmup_epochs, limits.NON_NEGATIVE),
+            "--clip-grad": (self.clip_grad, limits.NON_NEGATIVE),
+            "--early-stop": (self.early_stop, limits.NON_NEGATIVE),
+            "--seed": (self.seed, limits.SEED),
+            "--feature-views": (self.feature_views, Range(0, 100)),
+            "--workers": (self.workers, limits.WORKERS),
+        })
         checks = [
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (self.img_size is None or 16 <= self.img_size <= MAX_SIZE, f"--img-size must be from 16 to {MAX_SIZE} px"),
-            (self.epochs <= 100_000 and self.batch_size <= 65_536, "--epochs at most 100000, --batch-size at most 65536"),
-            (0.0 < self.backbone_lr_scale <= 1.0, "--backbone-lr-scale must be in (0, 1]"),
-            (0.0 <= self.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)"),
-            (self.unfreeze >= 0, "--unfreeze must be >= 0"),
-            (self.val_split is None or 0 < self.val_split < 1, "--val-split must be between 0 and 1"),
-            (self.early_stop >= 0, "--early-stop must be >= 0"),
-            (self.clip_grad >= 0, "--clip-grad must be >= 0"),
-            (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-            (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
             (self.cache in CACHE_MODES, f"--cache must be one of {', '.join(CACHE_MODES)}"),
-            (self.feature_views >= 0, "--feature-views must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -82,7 +82,7 @@ def load_data(spec: str, val_split: float | None = None, seed: int = 0, skip: Co
         raise DataError(f"{folders['train']}: {len(classes)} class folder(s) {classes}; fine-tuning a classifier "
                         f"needs at least two{hint}")
     if skip:
-        train, val = _without(train, skip), _without(val, skip)
+        train, val = without(train, skip), without(val, skip)
         present = set(train.labels)
         empty = [c for i, c in enumerate(classes) if i not in present]
         if empty:
@@ -96,7 +96,8 @@ def run_data(info: dict) -> DataSet:
     return load_data(cfg["data"], cfg.get("val_split"), cfg.get("seed", 0), data.get("skipped", ()))
 
 
-def _without(split: Split, skip: Collection[str]) -> Split:
+def without(split: Split, skip: Collection[str]) -> Split:
+    """``split`` less the files named in ``skip``."""
     s = set(skip)
     return split.subset([i for i, item in enumerate(split.items) if str(item) not in s])
 

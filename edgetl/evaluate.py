@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import limits
 from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
 from .errors import ArtifactError, DataError, one_line
 from .models import build
@@ -67,6 +68,7 @@ def eval_split(run: RunModel, data: str | None) -> tuple[str, Split]:
 
 
 def evaluate_run(run: Path, data: str | None = None, batch_size: int = 64, workers: int = 0) -> tuple[str, EvalResult, list[str]]:
+    limits.check({"--batch-size": (batch_size, limits.BATCH)})
     rm = load_run_model(Path(run))
     where, split = eval_split(rm, data)
     loader = make_loader(split, eval_transform(rm.preprocess), batch_size, shuffle=False, workers=workers)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import shutil
 import time
 import warnings
@@ -22,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, limits
 from .data import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
+from .limits import Range
 from .io import atomic_write_bytes, atomic_write_json, folder_lock, sha256_file
 from .preprocess import Preprocess
 
@@ -60,18 +60,18 @@ class ExportConfig:
     def validate(self) -> ExportConfig:
         from .quantize import CALIB_METHODS
 
-        if not 13 <= self.opset <= 21:
-            raise UsageError(f"--opset {self.opset}: Q/DQ needs 13 or later; TensorRT 8.5 reads at most 17")
+        limits.check({
+            "--opset": (self.opset, Range(13, 21)),  # Q/DQ needs 13; TensorRT 8.5 reads at most 17
+            "--calib-size": (self.calib_size, limits.COUNT),
+            "--max-drop": (self.max_drop, limits.POINTS),
+            "--min-int8": (self.min_int8, Range(0, 1)),  # share of the MACs
+            "--workspace": (self.workspace_mb, limits.WORKSPACE_MB),
+            "--dla": (self.dla, limits.DLA_CORE),
+        })
         if self.calib_method not in CALIB_METHODS:
             raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}")
         if self.calib_mode not in ("explicit", "implicit"):
             raise UsageError("--calib-mode must be explicit or implicit")
-        if self.calib_size < 1:
-            raise UsageError("--calib-size must be at least 1")
-        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
-            raise UsageError(f"--max-drop {self.max_drop}: must be a number of points from 0 to 100")
-        if not (math.isfinite(self.min_int8) and 0 <= self.min_int8 <= 1):
-            raise UsageError(f"--min-int8 {self.min_int8}: must be a share of the MACs from 0 to 1")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise UsageError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,32 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Fill a temporary sibling folder (yielded) and rename it to ``path`` only once complete.
+
+    A full disk, an error or Ctrl-C part way leaves nothing at ``path`` (a rerun is then not refused
+    for a half-written folder); ``path`` may exist only as an empty folder, which is replaced.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~_read_umask())
+    except OSError as e:
+        raise _write_error(path, e) from e
+    try:
+        yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        os.rename(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(path.parent)
 
 

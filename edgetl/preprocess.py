@@ -140,6 +140,8 @@ def load_rgb(src: ImageSource) -> Image.Image:
                 return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError as e:
         raise DataError(f"{path}: no such file") from e
+    except PermissionError as e:
+        raise DataError(f"{path}: permission denied, not readable by this user") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: image too large, refused as a possible decompression bomb") from e
     except UnidentifiedImageError as e:

@@ -20,16 +20,17 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checkdata import flat_image_files
-from .data import DataSet, Split, eval_transform, make_loader, scan_image_folder, stratified_sample
+from . import limits
+from .checkdata import calibration_listing
+from .data import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
 from .errors import DataError, UsageError
-from .io import atomic_write_bytes, atomic_write_json, sha256_file
+from .io import atomic_folder, atomic_write_bytes, atomic_write_json, sha256_file
 from .metrics import EvalResult
 from .runtime.numerics import SIMULATED
 
@@ -63,16 +64,13 @@ def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) 
         root = Path(calib)
         if not root.is_dir():
             raise DataError(f"{root}: no such calibration folder")
-        if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
-            classes, split = scan_image_folder(root)
-            unknown = sorted(set(classes) - set(ds.classes))
-            if unknown:
-                raise DataError(f"{root}: calibration classes {unknown[:5]} are not among the run's classes")
-        else:
-            listing = flat_image_files(root)  # symlinks leaving the folder are refused
-            if listing.errors():
-                raise DataError(str(listing.errors()[0]))
-            split = Split(listing.files, listing.labels)
+        listing = calibration_listing(root)  # symlinks leaving the folder are refused
+        if listing.errors():
+            raise DataError(str(listing.errors()[0]))
+        unknown = sorted(set(listing.classes) - set(ds.classes))
+        if unknown:
+            raise DataError(f"{root}: calibration classes {unknown[:5]} are not among the run's classes")
+        split = Split(listing.files, listing.labels)
         if len(split) == 0:
             raise DataError(f"{root}: no images to calibrate with")
         return split if len(split) <= size else split.subset(range(size))
@@ -605,7 +603,7 @@ def _guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[s
         drop = tried[max(tried)] if tried else initial_drop
         return {"model": None, "guard": info,
                 "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
-                           f"{drop:.2f} points; no model.int8.onnx written, model.onnx and model.fp16.onnx are kept. "
+                           f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
                            f"{NEXT_STEPS}"}
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -639,30 +637,54 @@ def _top(gains: dict[str, float], order: list[str], n: int = 10) -> list[dict[st
 
 
 def write_calibration_set(data: str, size: int, out: Path, seed: int = 0, val_split: float | None = None) -> dict[str, Any]:
-    """`edgetl calib`: copy a seeded, class-stratified sample of training images into ``out/<class>/``."""
+    """`edgetl calib`: copy a seeded, class-stratified sample of training images into ``out/<class>/``.
+
+    Files `check-data` calls bad are left out, replaced from the rest, and listed in calib.json. The
+    folder is filled under a temporary name and renamed into place, so a failure leaves nothing.
+    """
     import shutil
 
-    from .data import load_data
     from .preprocess import load_rgb
 
-    if size < 1:
-        raise UsageError("--size must be at least 1")
+    limits.check({"--size": (size, limits.COUNT), "--seed": (seed, limits.SEED), "--val-split": (val_split, limits.FRACTION_OPEN)})
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: already exists and is not empty; pick another --out")
     ds = load_data(data, val_split, seed)
-    split = calibration_split(ds, None, size, seed)
+    split, skipped = _readable_sample(ds, size, seed)
     files = []
-    for i, (item, label) in enumerate(zip(split.items, split.labels)):
-        d = out / ds.classes[label]
-        d.mkdir(parents=True, exist_ok=True)
-        if isinstance(item, np.ndarray):
-            dst = d / f"{i:06d}.png"
-            load_rgb(item).save(dst)
-        else:
-            dst = d / f"{i:06d}_{Path(item).name}"
-            shutil.copyfile(item, dst)
-        files.append(str(dst.relative_to(out)))
-    info = {"source": ds.name, "size": len(files), "seed": seed, "classes": ds.classes,
-            "per_class": {c: split.labels.count(i) for i, c in enumerate(ds.classes)}, "files": files}
-    atomic_write_json(out / "calib.json", info)
+    with atomic_folder(out) as tmp:
+        for i, (item, label) in enumerate(zip(split.items, split.labels)):
+            d = tmp / ds.classes[label]
+            d.mkdir(exist_ok=True)
+            if isinstance(item, np.ndarray):
+                dst = d / f"{i:06d}.png"
+                load_rgb(item).save(dst)
+            else:
+                dst = d / f"{i:06d}_{Path(item).name}"
+                shutil.copyfile(item, dst)
+            files.append(str(dst.relative_to(tmp)))
+        info = {"source": ds.name, "size": len(files), "seed": seed, "classes": ds.classes,
+                "per_class": {c: split.labels.count(i) for i, c in enumerate(ds.classes)}, "files": files,
+                "skipped": skipped}
+        atomic_write_json(tmp / "calib.json", info)
     return info
+
+
+def _readable_sample(ds: DataSet, size: int, seed: int) -> tuple[Split, dict[str, str]]:
+    """The stratified sample, drawn again without the files check-data calls bad until all of it
+    decodes; only newly drawn files are decoded. Returns the sample and {bad file: reason}."""
+    from .checkdata import decode_all
+
+    bad: dict[str, str] = {}
+    checked: set[str] = set()
+    while True:
+        split = calibration_split(replace(ds, train=without(ds.train, bad)), None, size, seed)
+        new = [Path(it) for it in split.items if not isinstance(it, np.ndarray) and str(it) not in checked]
+        found = False
+        for p, (_, _, finding) in zip(new, decode_all(new)):
+            checked.add(str(p))
+            if finding is not None and finding.level == "bad":
+                bad[str(p)] = finding.message
+                found = True
+        if not found:
+            return split, bad

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, limits
 from .errors import ArtifactError, DataError, EdgetlError, UsageError
 from .io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
 from .runtime._trt import DeviceBuffer, gpu_info, import_tensorrt, last_error, logger, trt_version
@@ -348,17 +348,20 @@ def onnx_preprocess(onnx_path: Path) -> dict[str, Any]:
 # --- build helpers ---------------------------------------------------------------------------------
 
 
+def check_build_numbers(opt_batch: int, max_batch: int, workspace_mb: int, dla_core: int | None) -> None:
+    """The numbers `edgetl build` takes, refused before anything is read."""
+    limits.check({"--opt-batch": (opt_batch, limits.BATCH), "--max-batch": (max_batch, limits.BATCH),
+                  "--workspace": (workspace_mb, limits.WORKSPACE_MB), "--dla": (dla_core, limits.DLA_CORE)})
+
+
 def _check_build_args(onnx: Path, engine: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int,
                       workspace_mb: int, dla_core: int | None, calibrate: bool) -> None:
     """Everything that can be refused before TensorRT is imported."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_build_numbers(opt_batch, max_batch, workspace_mb, dla_core)
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise UsageError(f"batch sizes must satisfy 1 <= min ({min_batch}) <= opt ({opt_batch}) <= max ({max_batch})")
-    if workspace_mb < 1:
-        raise UsageError(f"workspace must be at least 1 MB, got {workspace_mb}")
-    if dla_core is not None and dla_core < 0:
-        raise UsageError(f"DLA core must be >= 0, got {dla_core}")
     if dla_core is not None and precision == "fp32":
         raise UsageError("DLA runs FP16 or INT8 only: add --fp16 or --int8")
     if calibrate and precision != "int8":

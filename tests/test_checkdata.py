@@ -113,7 +113,7 @@ def test_check_data_reports_every_kind_of_problem_and_modifies_nothing(tmp_path:
 
 def test_too_large_is_a_warning_below_the_bomb_limit(tmp_path: Path) -> None:
     make_image_folder(tmp_path, classes=2, per_class=1, size=40)
-    report = check_data(tmp_path, max_pixels=1000)
+    report = check_data(tmp_path, max_megapixels=0.001)
     assert {f.kind for f in report.findings} == {"too_large"} and "over 0.001 MP" in report.findings[0].message
 
 

@@ -171,7 +171,7 @@ def test_importing_the_tensorrt_modules_imports_neither_torch_nor_tensorrt() -> 
     ({"opt_batch": 8, "max_batch": 4}, "opt .8. <= max .4."),
     ({"workspace_mb": 0}, "workspace"),
     ({"precision": "fp32", "dla_core": 0}, "DLA runs FP16 or INT8"),
-    ({"dla_core": -1}, "DLA core must be"),
+    ({"dla_core": -1}, "--dla -1: must be at least 0"),
     ({"precision": "fp16", "calibrator_batches": []}, "--int8"),
     ({"engine": "model.trt"}, "must end in .engine"),
     ({"onnx": "missing.onnx"}, "no such ONNX file"),

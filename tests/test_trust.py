@@ -120,31 +120,6 @@ def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
     assert not (data / "runs").exists()
 
 
-@pytest.mark.parametrize("option", ["--lr", "--label-smoothing", "--clip-grad", "--warmup-epochs",
-                                    "--backbone-lr-scale", "--val-split", "--img-size", "--epochs"])
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "100000"])
-def test_every_numeric_finetune_option_refuses_nonsense(tmp_path: Path, option: str, value: str) -> None:
-    """NaN, ±inf, 0, negatives and absurd sizes: exit 2 and one line, or, where the value is legal, no
-    crash before training starts (checked by refusing the data instead)."""
-    from typer.testing import CliRunner
-
-    from edgetl.cli import app
-
-    legal = {("--label-smoothing", "0"), ("--clip-grad", "0"), ("--warmup-epochs", "0"),
-             ("--warmup-epochs", "100000"), ("--clip-grad", "100000"), ("--epochs", "100000"),
-             ("--lr", "100000")}  # a huge learning rate is legal: it diverges, and that has its own test
-    r = CliRunner().invoke(app, ["finetune", "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "o"),
-                                 option, value])
-    if (option, value) in legal:
-        assert r.exit_code == 3, r.output  # got past validation to the missing data
-        return
-    if option in ("--img-size", "--epochs") and value in ("nan", "inf", "-inf"):
-        assert r.exit_code == 2  # Typer itself refuses a non-integer
-        return
-    assert r.exit_code == 2, (option, value, r.output)
-    assert option in r.output and "Traceback" not in r.output
-
-
 def test_data_with_fewer_than_two_classes_is_refused(tmp_path: Path) -> None:
     from conftest import make_image_folder
 
@@ -260,3 +235,166 @@ def test_a_baseline_with_zero_or_unknown_latencies_is_refused(tiny_export: Path,
     r = cli("bench", str(tiny_export / "export" / "model.onnx"), "--backends", "ort-fp32", "--batch-size", "1",
             "--iters", "2", "--no-e2e", "--baseline", str(path))
     assert r.returncode == 4 and "row 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def _without_root_privileges() -> list[str]:
+    """A command prefix under which file permissions apply: root reads anything, so drop its DAC override."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without util-linux setpriv: file permissions cannot be tested")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_unreadable_files_and_folders_are_reported_as_permission_errors(tmp_path: Path) -> None:
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data")
+    sub = data / "class_2" / "sub"
+    sub.mkdir()
+    for f in sorted((data / "class_2").glob("*.png"))[:2]:
+        shutil.copy(f, sub / f.name)
+    locked_file = sorted((data / "class_1").glob("*.png"))[0]
+    (data / "class_0" / "loop.jpg").symlink_to("loop.jpg")
+    locked_file.chmod(0)
+    sub.chmod(0)
+    try:
+        args = [*_without_root_privileges(), *EDGETL, "check-data", str(data)]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr  # the symlink loop is an error
+        assert f"{locked_file}: permission denied: not readable by this user" in r.stdout
+        assert f"{sub}: permission denied: folder not readable, its images are left out" in r.stdout
+        assert "loop.jpg: symlink loop or dangling symlink, refused" in r.stdout
+        assert "corrupt" not in r.stdout
+        (data / "class_0" / "loop.jpg").unlink()
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "bad files: 2 (2 permission)" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run([*args, "--strict"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 3 and "permission denied" in r.stderr and "--strict" in r.stderr, r.stderr
+        (data / "class_1").chmod(0)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 3, r.stdout
+        assert f"{data / 'class_1'}: permission denied: folder not readable" in r.stdout
+        assert "class folder holds no images" not in r.stdout
+    finally:
+        for p in (data / "class_1", sub, locked_file):
+            p.chmod(0o755)
+
+
+def test_calib_skips_bad_files_and_a_full_disk_leaves_nothing(tmp_path: Path) -> None:
+    """The sample is every training image, so the corrupt one is certainly drawn; RLIMIT_FSIZE stops a
+    write as a full disk does, on the one large image."""
+    import resource
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data")
+    corrupt = data / "class_0" / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    from edgetl.data import load_data
+
+    train = load_data(str(data)).train
+    assert str(corrupt) in map(str, train.items)
+    out = tmp_path / "calib"
+    r = cli("calib", "--data", str(data), "--out", str(out), "--size", "1000")
+    assert r.returncode == 0, r.stderr
+    assert f"skipped {corrupt}:" in r.stderr and "1 bad file(s) skipped" in r.stdout
+    info = json.loads((out / "calib.json").read_text())
+    assert info["size"] == len(train) - 1 and list(info["skipped"]) == [str(corrupt)]
+    assert not any("broken" in f for f in info["files"])
+
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data / "class_1" / "large.png")  # ~200 KB, over the limit below
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    full = tmp_path / "calib-full"
+    r = subprocess.run([*EDGETL, "calib", "--data", str(data), "--out", str(full), "--size", "1000"], capture_output=True,
+                       text=True, preexec_fn=limit_file_size, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{full}: cannot write (File too large); nothing was written" in r.stderr
+    assert not full.exists() and not list(tmp_path.glob(".calib-full*"))
+    r = cli("calib", "--data", str(data), "--out", str(full), "--size", "1000")  # the rerun is not refused
+    assert r.returncode == 0 and json.loads((full / "calib.json").read_text())["skipped"], r.stderr
+
+
+def _numeric_options() -> list[tuple[str, str, type]]:
+    """(command, --option, int|float) for every number any command takes, read from the CLI itself so
+    an option added later is covered without editing this test."""
+    import typing
+
+    import typer
+
+    from edgetl.cli import app
+
+    found = []
+    for name, command in typer.main.get_command(app).commands.items():
+        for pname, hint in typing.get_type_hints(command.callback).items():
+            base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+            if base in (int, float):
+                found.append((name, next(p.opts[0] for p in command.params if p.name == pname), base))
+    return found
+
+
+# Values that are legal, per option; everything else of NaN, +-inf, -1, 0 and 10**12 must be refused.
+# 0 means "automatic" or "off" for these; 10**12 is legal where it only clips to what exists.
+LEGAL = {
+    "0": {"--unfreeze", "--weight-decay", "--label-smoothing", "--warmup-epochs", "--clip-grad", "--early-stop",
+          "--seed", "--feature-views", "--workers", "--min-side", "--limit", "--max-drop", "--min-int8", "--dla",
+          "--warmup", "--max-regression"},
+    "1000000000000": {"--unfreeze", "--lr", "--warmup-epochs", "--clip-grad", "--early-stop", "--seed",
+                      "--min-side", "--max-megapixels", "--limit", "--calib-size", "--size", "--top-k"},
+}
+
+
+def _after_validation(command: str, tmp: Path) -> list[str]:
+    """Arguments that get past option checks and then fail on a missing input, quickly."""
+    missing = str(tmp / "missing")
+    return {"finetune": ["finetune", "--data", missing, "--out", str(tmp / "o")],
+            "eval": ["eval", missing], "check-data": ["check-data", missing],
+            "demo": ["demo", "--out", str(tmp / "file" / "run")],
+            "export": ["export", missing], "calib": ["calib", "--data", missing, "--out", str(tmp / "c")],
+            "build": ["build", missing + ".onnx", "--fp16"], "predict": ["predict", missing, missing + ".png"],
+            "bench": ["bench", missing]}[command]
+
+
+@pytest.mark.parametrize("command,option,kind", _numeric_options())
+def test_every_numeric_option_of_every_command_refuses_nonsense(tmp_path: Path, command: str, option: str,
+                                                                kind: type) -> None:
+    """NaN, +-inf, 0, a negative and an absurd size, for each number of each command: exit 2 and one line
+    naming the option, or, where the value is legal, no traceback and the missing input reported."""
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    (tmp_path / "file").write_text("a file, so a run folder cannot be made under it\n")
+    values = ["-1", "0", "1000000000000"] + (["nan", "inf", "-inf"] if kind is float else [])
+    for value in values:
+        r = CliRunner().invoke(app, [*_after_validation(command, tmp_path), option, value])
+        assert r.exception is None or isinstance(r.exception, SystemExit), (option, value, r.exception)
+        if option in LEGAL.get(value, ()):
+            assert "missing" in r.output and f"{option} {value}" not in r.output, (command, option, value, r.output)
+        else:
+            assert r.exit_code == 2, (command, option, value, r.output)
+            assert option in r.output, (command, option, value, r.output)
+
+
+def test_a_checkpoint_that_does_not_fit_says_why(tiny_run: Path, tmp_path: Path) -> None:
+    """PyTorch puts the reason on the line after its "Error(s) in loading state_dict" header; the
+    one-line error keeps the reason, not the header."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ck = torch.load(run / "best.pt", weights_only=True)
+    key = next(k for k, v in ck["model"].items() if v.ndim == 2)  # the classifier
+    ck["model"][key] = torch.zeros(3, 7)
+    torch.save(ck, run / "best.pt")
+    r = cli("eval", str(run))
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert f"{run / 'best.pt'}: does not fit model timm/test_resnet" in r.stderr
+    assert f"size mismatch for {key}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, DataError, UsageError
+from .. import limits
+from ..errors import ArtifactError, DataError
 from ..preprocess import ImageSource, Preprocess, load_rgb
 from .base import Runner, open_runner, softmax
 
@@ -72,8 +73,7 @@ class Predictor:
                      on_error: Callable[[str, DataError], None] | None = None) -> Iterator[Prediction]:
         """Predict in batches; paths, PIL images and HxW[xC] uint8 arrays may be mixed. With ``on_error``,
         an image that cannot be decoded is reported there and skipped instead of ending the run."""
-        if top_k < 1 or batch_size < 1:
-            raise UsageError("--top-k and --batch-size must be at least 1")
+        limits.check({"--top-k": (top_k, limits.COUNT), "--batch-size": (batch_size, limits.BATCH)})
         k = min(top_k, len(self.classes))
         batch: list[tuple[str, np.ndarray]] = []
         for i, img in enumerate(images):
