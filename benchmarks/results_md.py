@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgetl.io import atomic_write_json, atomic_write_text
+from edgetl.fileio import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"

@@ -57,9 +57,9 @@ import numpy as np
 from . import __version__, limits
 from .errors import ArtifactError, DataError, EdgetlError, UsageError, one_line
 from .limits import Range
-from .io import atomic_write_json
+from .fileio import atomic_write_json
 from .metrics import EvalResult, Scorer
-from .preprocess import ImageSource, Preprocess, load_rgb
+from .images import ImageSource, Preprocess, load_rgb
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
@@ -991,7 +991,7 @@ def _manifest(export: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    from .io import sha256_file
+    from .fileio import sha256_file
 
     return sha256_file(path)
 

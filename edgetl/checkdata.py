@@ -32,9 +32,8 @@ from PIL import Image, UnidentifiedImageError
 
 from . import limits
 from .errors import DataError
-from .preprocess import load_rgb
+from .images import IMAGE_EXTENSIONS, load_rgb
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 MIN_SIDE = 16  # px: a shorter side below this is mostly upsampling noise at any model input size
 MAX_PIXELS = 40_000_000  # decoding dominates training time long before Pillow's bomb limit (~89 MP)
 LEVELS = ("error", "bad", "warning")

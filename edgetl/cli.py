@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import limits
-from .errors import one_line, printable
+from .errors import Interrupted, one_line, printable
 
 app = typer.Typer(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -59,7 +59,7 @@ class Device(str, Enum):
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
-    """Run a command body; library errors become one red line and DESIGN.md's exit codes."""
+    """Run a command body; library errors become one red line and their exit codes."""
     from .errors import EdgetlError
 
     try:
@@ -73,15 +73,13 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
-    except Exception as e:
-        if type(e).__name__ == "Interrupted":
-            import signal
+    except Interrupted as e:
+        import signal
 
-            for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
-                signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
-            err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
-            raise typer.Exit(getattr(e, "exit_code", 130)) from None
-        raise
+        for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
+            signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
+        err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
+        raise typer.Exit(e.exit_code) from None
 
 
 def _default_out(model: str, data: str) -> Path:
@@ -568,7 +566,7 @@ def bench(
 
         from .bench import (BenchConfig, gate_lines, markdown as to_markdown, parse_backends, parse_batch_sizes,
                             run_bench, save_report, table)
-        from .io import atomic_write_text
+        from .fileio import atomic_write_text
 
         cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
                           batch_sizes=parse_batch_sizes(batch_size), warmup=warmup, iters=iters,

@@ -10,7 +10,7 @@ from . import limits
 from .errors import UsageError
 from .limits import Range
 from .models import STRATEGIES
-from .preprocess import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
+from .images import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,7 +13,7 @@ from torchvision.transforms import v2 as T
 
 from .checkdata import data_folders, list_image_folder
 from .errors import DataError
-from .preprocess import ImageSource, Preprocess, load_rgb
+from .images import ImageSource, Preprocess, load_rgb
 
 BUILTIN_SOURCES = ("digits", "cifar10")
 

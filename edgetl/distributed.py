@@ -53,12 +53,3 @@ def all_sum(d: Dist, t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def broadcast_flag(d: Dist, flag: bool) -> bool:
-    """Rank 0's decision (early stop, failure) for everyone, so no rank waits forever."""
-    if not d.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0])
-    dist.broadcast(t, src=0)
-    return bool(t.item())

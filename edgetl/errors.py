@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class EdgetlError(Exception):
-    """Base class: a failure the user can act on. ``exit_code`` follows DESIGN.md."""
+    """Base class: a failure the user can act on; the CLI exits with ``exit_code`` (README, "Failure modes")."""
 
     exit_code = 1
 
@@ -25,6 +25,17 @@ class ArtifactError(EdgetlError):
     """An untrusted, corrupt or incompatible checkpoint, ONNX file or engine."""
 
     exit_code = 4
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; ``exit_code`` is 128 + the signal number. Not an EdgetlError: it must pass
+    the handlers that turn failures into messages, up to the command that saves and stops."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
 
 
 class TrainingError(EdgetlError):

@@ -13,7 +13,7 @@ from . import limits
 from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
 from .errors import ArtifactError, DataError, one_line
 from .models import build
-from .preprocess import Preprocess
+from .images import Preprocess
 from .metrics import EvalResult, Scorer
 from .train import evaluate_loader, load_checkpoint, read_run
 

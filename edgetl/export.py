@@ -1,6 +1,7 @@
 """`edgetl export`: verified FP32 ONNX, FP16 ONNX, calibrated INT8 Q/DQ ONNX, TensorRT engines, manifest.json.
 
-The ONNX takes the normalized NCHW float tensor and returns logits (DESIGN.md). Opset 17 by
+The ONNX takes the normalized NCHW float tensor and returns logits, so every backend
+shares one preprocessing path and one output contract. Opset 17 by
 default so TensorRT 8.5 (JetPack 5) reads it; the weights live inside the file.
 """
 
@@ -26,8 +27,8 @@ from .data import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
 from .limits import Range
-from .io import atomic_write_bytes, atomic_write_json, folder_lock, sha256_file
-from .preprocess import Preprocess
+from .fileio import atomic_write_bytes, atomic_write_json, folder_lock, sha256_file
+from .images import Preprocess
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MAX_LOGIT_DIFF = 1e-3  # FP32 ONNX vs PyTorch, relative to the largest logit magnitude (at least 1)

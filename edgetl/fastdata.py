@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split
-from .io import atomic_write
-from .preprocess import Preprocess, load_rgb
+from .fileio import atomic_write
+from .images import Preprocess, load_rgb
 
 CACHE_VERSION = 1
 MEMORY_BUDGET = 4 << 30  # decoded bytes kept in RAM; larger sets go to a memory-mapped file

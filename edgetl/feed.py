@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from .data import DataSet, ImageDataset, eval_transform, make_loader, train_transform
 from .distributed import Dist
-from .preprocess import Preprocess
+from .images import Preprocess
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from .errors import ArtifactError, EdgetlError, UsageError, one_line
-from .preprocess import Preprocess
+from .images import Preprocess
 
 BUNDLED = "efficientnet_lite0"
-_BUNDLED_ARCH = "tf_efficientnet_lite0"  # the package's tensors map onto it in order (DESIGN.md)
+_BUNDLED_ARCH = "tf_efficientnet_lite0"  # the package's tensors map onto it in order (tested)
 STRATEGIES = ("full", "head", "partial")
 # Small, edge-friendly classifiers listed by `edgetl models` without --all.
 EDGE_MODELS = (

@@ -1,6 +1,7 @@
 """INT8 for TensorRT and ONNX Runtime: calibrated Q/DQ ONNX plus an accuracy guard.
 
-TensorRT-shaped Q/DQ (DESIGN.md): symmetric INT8 activations and weights (zero point 0),
+TensorRT-shaped Q/DQ (explicit quantization is what TensorRT 10 keeps; implicit calibration is
+deprecated there): symmetric INT8 activations and weights (zero point 0),
 per-channel weights, bias left in float, made with ONNX Runtime's quantize_static as NVIDIA's
 ModelOpt does. Calibration ranges are cached in ``calib.cache`` (ONNX Runtime's JSON ranges
 plus an ``edgetl_key``), so exporting again with the same model and data skips calibration.
@@ -30,7 +31,7 @@ from . import limits
 from .checkdata import calibration_listing
 from .data import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
 from .errors import DataError, UsageError
-from .io import atomic_folder, atomic_write_bytes, atomic_write_json, sha256_file
+from .fileio import atomic_folder, atomic_write_bytes, atomic_write_json, sha256_file
 from .metrics import EvalResult
 from .runtime.numerics import SIMULATED
 
@@ -101,7 +102,7 @@ def _method(name: str) -> Any:
 
 class CalibrationReader:
     """Feeds calibration images one at a time: ONNX Runtime's Entropy and Percentile calibrators
-    fail on batches larger than 1 (DESIGN.md)."""
+    fail on batches larger than 1 (their histograms are collected per sample)."""
 
     def __init__(self, split: Split, pp: Any) -> None:
         self.loader = make_loader(split, eval_transform(pp), 1, shuffle=False, workers=0)
@@ -644,7 +645,7 @@ def write_calibration_set(data: str, size: int, out: Path, seed: int = 0, val_sp
     """
     import shutil
 
-    from .preprocess import load_rgb
+    from .images import load_rgb
 
     limits.check({"--size": (size, limits.COUNT), "--seed": (seed, limits.SEED), "--val-split": (val_split, limits.FRACTION_OPEN)})
     if out.exists() and any(out.iterdir()):

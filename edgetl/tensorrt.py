@@ -1,6 +1,6 @@
 """TensorRT engines: built from ONNX on the machine that runs them, refused when their provenance does not match.
 
-Why it is shaped this way (see DESIGN.md, "Hard facts"):
+Why it is shaped this way:
 
 - Engines are not portable. TensorRT guarantees that an engine deserializes only with the exact
   TensorRT version it was built with, and its kernels are chosen for one GPU. So every engine gets a
@@ -39,12 +39,10 @@ import numpy as np
 
 from . import __version__, limits
 from .errors import ArtifactError, DataError, EdgetlError, UsageError
-from .io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
+from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
 from .runtime._trt import DeviceBuffer, gpu_info, import_tensorrt, last_error, logger, trt_version
 
 PRECISIONS = ("fp32", "fp16", "int8")
-# The same set as edgetl.data.IMAGE_EXTENSIONS; repeated because edgetl.data imports torch.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 _PROVENANCE_KEYS = ("sha256", "tensorrt_version", "gpu", "compute_capability")
 
 
@@ -320,7 +318,7 @@ def calibration_batches(calib_dir: Path, preprocess: dict[str, Any], batch_size:
     PIL and numpy only, so it runs on a Jetson without PyTorch. The folder is checked now (DataError
     when it holds no images); images are decoded lazily, batch by batch; the last batch may be smaller.
     """
-    from .preprocess import Preprocess
+    from .images import Preprocess
 
     if batch_size < 1:
         raise UsageError(f"calibration batch size must be >= 1, got {batch_size}")
@@ -563,28 +561,19 @@ def _shown(path: Path) -> str:
 
 
 def _image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` in a stable order; hidden files and folders and other files skipped,
-    symlinks leaving ``root`` refused (as edgetl.data does for training data)."""
+    """The calibration images, listed as check-data lists them (symlinks leaving ``root`` refused)."""
+    from .checkdata import calibration_listing
+
     if not root.is_dir():
         raise DataError(f"{root}: no such calibration folder")
-    real_root = root.resolve()
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            if fn.startswith(".") or Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            p = Path(dirpath) / fn
-            if p.is_symlink() and not p.resolve().is_relative_to(real_root):
-                raise DataError(f"{p}: symlink points outside the calibration folder {root}, refused")
-            files.append(p)
-    if not files:
-        raise DataError(f"{root}: holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files
+    listing = calibration_listing(root)
+    if listing.errors():
+        raise DataError(str(listing.errors()[0]))
+    return listing.files
 
 
 def _batches(files: list[Path], pp: Any, batch_size: int) -> Iterator[np.ndarray]:
-    from .preprocess import load_rgb
+    from .images import load_rgb
 
     batch: list[np.ndarray] = []
     for f in files:

@@ -33,24 +33,16 @@ from .distributed import Dist, all_sum
 from .distributed import setup as setup_dist
 from .distributed import teardown as teardown_dist
 from .feed import CachedFeed, Feed, FeatureFeed, LoaderFeed, epoch_seed
-from .errors import ArtifactError, TrainingError, UsageError, one_line
-from .io import atomic_write, atomic_write_json, atomic_write_text, folder_lock
+from .errors import ArtifactError, Interrupted, TrainingError, UsageError, one_line
+from .fileio import atomic_write, atomic_write_json, atomic_write_text, folder_lock
 from .metrics import EvalResult, Scorer
 from .models import apply_strategy, build, set_train_mode, torch_load_tensors
-from .preprocess import Preprocess
+from .images import Preprocess
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")
 CHECK_MODES = ("skip", "strict", "off")  # bad files: skip and list them | refuse the data | do not check
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
 
 
 class Hooks:

@@ -20,7 +20,7 @@ from conftest import CIFAR, make_image_folder, needs_cifar
 from edgetl.checkdata import check_data
 from edgetl.data import DataSet, Split, load_data, run_data
 from edgetl.errors import ArtifactError, DataError
-from edgetl.io import resolve_inside
+from edgetl.fileio import resolve_inside
 
 EDGETL = [sys.executable, "-m", "edgetl"]
 

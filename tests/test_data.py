@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import CIFAR, make_image_folder, needs_cifar
 from edgetl.data import load_data, scan_image_folder, stratified_split
 from edgetl.errors import DataError
-from edgetl.preprocess import Preprocess, load_rgb
+from edgetl.images import Preprocess, load_rgb
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares() -> None:

@@ -18,7 +18,7 @@ from conftest import CIFAR, copy_subset, needs_cifar
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError
 from edgetl.export import ExportConfig, export
-from edgetl.io import sha256_file
+from edgetl.fileio import sha256_file
 from edgetl.train import finetune
 
 
@@ -59,7 +59,7 @@ def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Pa
     assert entry["verification"]["top1_agreement"] == 1.0 and entry["verification"]["max_abs_diff"] < 1e-3
     # independent check, batch of 5 through the dynamic batch axis
     from edgetl.data import eval_transform, load_data
-    from edgetl.preprocess import load_rgb
+    from edgetl.images import load_rgb
 
     rm = load_run_model(run)
     val = load_data("digits").val
@@ -243,7 +243,7 @@ def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run:
     """The corrected TensorRT-layout file differs from the uncorrected one in Conv biases alone, and its
     logits' per-class mean on validation images moves toward FP32's."""
     from edgetl.data import eval_transform, load_data, make_loader
-    from edgetl.preprocess import Preprocess
+    from edgetl.images import Preprocess
     from edgetl.runtime.onnxruntime import OrtRunner
 
     files = {}

@@ -17,7 +17,7 @@ from edgetl.distributed import Dist
 from edgetl.evaluate import evaluate_run
 from edgetl.fastdata import BatchAugment, decode
 from edgetl.feed import CachedFeed, LoaderFeed
-from edgetl.preprocess import Preprocess, load_rgb
+from edgetl.images import Preprocess, load_rgb
 from edgetl.train import finetune
 
 PP = Preprocess(32, 40, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")

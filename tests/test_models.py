@@ -108,7 +108,7 @@ def test_bundled_weights_classify_real_imagenet_photos() -> None:
 
     from edgetl.data import eval_transform
     from edgetl.models import _load_bundled
-    from edgetl.preprocess import load_rgb
+    from edgetl.images import load_rgb
 
     pp = build("efficientnet_lite0", 10, "none").preprocess
     assert (pp.size, pp.resize, pp.interpolation, pp.mean) == (224, 256, "bicubic", (0.5, 0.5, 0.5))

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from edgetl.data import eval_transform, load_data, make_loader
-from edgetl.preprocess import Preprocess
+from edgetl.images import Preprocess
 from edgetl.runtime.numerics import int8_can_saturate, int8_isa, int8_layout, kernel_config
 from edgetl.runtime.onnxruntime import OrtRunner
 

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import IMAGENET, needs_imagenet
 from edgetl.data import load_data
 from edgetl.evaluate import evaluate_run, evaluate_runner
-from edgetl.preprocess import Preprocess
+from edgetl.images import Preprocess
 from edgetl.runtime import Predictor
 from edgetl.runtime.onnxruntime import OrtRunner
 

@@ -214,7 +214,7 @@ def test_calibration_batches_match_the_evaluation_transform(tmp_path: Path) -> N
     import torch
 
     from edgetl.data import eval_transform
-    from edgetl.preprocess import Preprocess, load_rgb
+    from edgetl.images import Preprocess, load_rgb
 
     root = image_tree(tmp_path / "calib")
     batches = list(calibration_batches(root, PREPROCESS, batch_size=2))

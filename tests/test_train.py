@@ -11,7 +11,8 @@ import torch
 from conftest import make_image_folder
 from edgetl.config import TrainConfig
 from edgetl.errors import UsageError
-from edgetl.train import Hooks, Interrupted, finetune, resume_config
+from edgetl.errors import Interrupted
+from edgetl.train import Hooks, finetune, resume_config
 
 
 def test_digits_two_epochs_at_64px_beats_90_percent(digits_run: Path) -> None:

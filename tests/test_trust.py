@@ -34,7 +34,7 @@ def exported(tiny_export: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgetl.data import load_data
-    from edgetl.preprocess import load_rgb
+    from edgetl.images import load_rgb
 
     path = tmp_path_factory.mktemp("img") / "digit.png"
     load_rgb(load_data("digits").val.items[0]).save(path)
@@ -140,7 +140,7 @@ def test_exif_orientation_is_applied_and_both_decoders_agree(tiny_export: Path, 
     from PIL import Image
 
     from edgetl.data import eval_transform
-    from edgetl.preprocess import Preprocess, load_rgb
+    from edgetl.images import Preprocess, load_rgb
 
     arr = np.zeros((20, 40, 3), np.uint8)
     arr[:, :20] = (255, 0, 0)

@@ -13,11 +13,10 @@ import numpy as np
 
 from .. import limits
 from ..errors import ArtifactError, DataError
-from ..preprocess import ImageSource, Preprocess, load_rgb
+from ..images import IMAGE_EXTENSIONS, ImageSource, Preprocess, load_rgb
 from .base import Runner, open_runner, softmax
 
 MAX_CLASSES = 100_000
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
 @dataclass
@@ -107,7 +106,7 @@ def expand_images(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise DataError(f"{p}: folder holds no images")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import ArtifactError
-from ..io import sha256_file
+from ..fileio import sha256_file
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 FIX = "re-export it (`edgetl export RUN`), or pass --no-verify for a file you vouch for"

@@ -1,4 +1,4 @@
-"""Image decoding and the preprocessing recipe saved in run.json.
+"""Image files: which names are images, decoding them upright, and the preprocessing recipe saved in run.json.
 
 Torch-free on purpose: the deploy runtime (no PyTorch on a Jetson) shares it.
 """
@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 _PIL_INTERP = {
     "bilinear": Image.Resampling.BILINEAR,
