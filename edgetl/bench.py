@@ -55,6 +55,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__, limits
+from .artifacts.manifest import precision_of, read_manifest
+from .artifacts.record import describe
+from .artifacts.run import read_run
+from .runtime.verify import file_sha256
 from .errors import ArtifactError, DataError, EdgetlError, UsageError, one_line
 from .limits import Range
 from .fileio import atomic_write_json
@@ -206,12 +210,11 @@ def plan(cfg: BenchConfig) -> list[Target]:
         run, export, file = _locate(path)
         key = (run or export).resolve()
         if key not in groups:
-            from .runtime.predictor import artifact_metadata
-
-            meta = artifact_metadata(run or export)
-            info = _read_json(run / "run.json") if run else None
-            model = (info or {}).get("model") or _manifest(export).get("model")
-            groups[key] = Target(run, export, meta["classes"], meta["preprocess"], info, model)
+            meta = describe(run or export)
+            info = read_run(run).doc if run else None
+            manifest = read_manifest(export)
+            model = (info or {}).get("model") or (manifest.model if manifest else None)
+            groups[key] = Target(run, export, meta.classes, meta.preprocess, info, model)
         target = groups[key]
         if file is None:
             target.all_artifacts = True
@@ -246,13 +249,8 @@ def _backend_of(path: Path) -> str:
     if path.suffix == ".pt":
         return "torch"
     if path.suffix in (".onnx", ".engine"):
-        return f"{'ort' if path.suffix == '.onnx' else 'trt'}-{_precision(path.name)}"
+        return f"{'ort' if path.suffix == '.onnx' else 'trt'}-{precision_of(path.name)}"
     raise UsageError(f"{path}: not something bench runs (a run folder, .onnx, .engine or .pt)")
-
-
-def _precision(name: str) -> str:
-    """The rule the runners use: ``model.int8.onnx``, ``model.int8-cpu.onnx`` → int8; ``.fp16`` → fp16."""
-    return next((p for p in ("int8", "fp16") if f".{p}" in name), "fp32")
 
 
 def _items(target: Target, backends: tuple[str, ...], trt_ok: bool, trt_why: str) -> list[Item]:
@@ -269,7 +267,7 @@ def _items(target: Target, backends: tuple[str, ...], trt_ok: bool, trt_why: str
         suffix = ".onnx" if kind == "ort" else ".engine"
         if target.all_artifacts:
             found = sorted(p for p in target.export.glob(f"*{suffix}")
-                           if not p.name.startswith(".") and _precision(p.name) == precision)
+                           if not p.name.startswith(".") and precision_of(p.name) == precision)
         else:
             found = [f for f in target.files if _backend_of(f) == backend]
         if kind == "trt" and not trt_ok:
@@ -294,7 +292,7 @@ def _missing(target: Target, kind: str, precision: str) -> str:
 
 
 def _tensorrt_available() -> tuple[bool, str]:
-    from .tensorrt import available
+    from .runtime.tensorrt import available
 
     return available()
 
@@ -605,8 +603,6 @@ class _Session:
     def _open(self, item: Item, target: Target, items: list[ImageSource], labels: list[int],
               inputs: Inputs) -> Live | str:
         """Open the runner and measure its accuracy; one that cannot run here becomes a status string."""
-        from .runtime import open_runner
-
         assert item.artifact is not None  # internal invariant: items without an artifact carry a skip reason
         device = planned_device(item.backend, self.cfg, self.torch_ok)
         try:
@@ -617,6 +613,10 @@ class _Session:
 
                 if not torch.cuda.is_available():
                     raise UsageError("PyTorch sees no CUDA GPU")
+            if item.backend == "torch":  # rebuilding the model needs the training code; nothing else does
+                from .evaluate import open_runner
+            else:
+                from .runtime import open_runner
             runner = open_runner(item.artifact, device=device, threads=self.threads)
         except UsageError as e:  # cannot run here: no GPU, no provider, no PyTorch
             return f"skipped: {one_line(e)}"
@@ -709,7 +709,7 @@ class _Session:
                                artifact=_artifact_name(item), batch_size=bs,
                                device=planned_device(item.backend, self.cfg, self.torch_ok))
                     if item.artifact is not None and item.artifact.is_file():
-                        row["sha256"] = _sha256(item.artifact)
+                        row["sha256"] = file_sha256(item.artifact)
                         row["size_mb"] = round(item.artifact.stat().st_size / 1e6, 3)
                     if lv is None:
                         row["status"] = self.status[id(item)]
@@ -933,7 +933,7 @@ def _gpus(torch_ok: bool) -> list[dict[str, Any]]:
                 found.append({"name": p.name, "compute_capability": f"{p.major}.{p.minor}"})
     if not found:
         try:
-            from .runtime._trt import gpu_info
+            from .runtime.cuda import gpu_info
 
             name, cc = gpu_info()
             found.append({"name": name, "compute_capability": cc})
@@ -948,7 +948,7 @@ def _gpus(torch_ok: bool) -> list[dict[str, Any]]:
 def _tensorrt_version(usable: bool) -> str | None:
     version = _version("tensorrt")
     if version is None and usable:  # JetPack's apt bindings carry no pip metadata
-        from .runtime._trt import import_tensorrt
+        from .runtime.tensorrt import import_tensorrt
 
         version = str(import_tensorrt().__version__)
     return version
@@ -976,24 +976,6 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable ({e})") from e
-
-
-def _manifest(export: Path) -> dict[str, Any]:
-    p = export / "manifest.json"
-    return _read_json(p) if p.is_file() else {}
-
-
-def _sha256(path: Path) -> str:
-    from .fileio import sha256_file
-
-    return sha256_file(path)
 
 
 # --- the regression gate ---------------------------------------------------------------------------------

@@ -441,8 +441,10 @@ def build(
         from rich.markup import escape
 
         from .errors import UsageError
-        from .tensorrt import (build_engine, calibration_batches, check_build_numbers, default_engine_path,
-                               onnx_preprocess, precision_from_name, sidecar_path)
+        from .artifacts.engine import default_engine_path, sidecar_path
+        from .artifacts.manifest import precision_of
+        from .engines.builder import build_engine, check_build_numbers
+        from .engines.calibrator import calibration_batches, onnx_preprocess
 
         check_build_numbers(opt_batch, max_batch, workspace, dla)
         if verify:
@@ -451,7 +453,7 @@ def build(
             verify_artifact(onnx)
         if fp16 and int8:
             raise UsageError("--fp16 and --int8 exclude each other (an INT8 engine already runs its unquantized layers in FP16 where it can)")
-        precision = "int8" if int8 else "fp16" if fp16 else precision_from_name(onnx.name)
+        precision = "int8" if int8 else "fp16" if fp16 else precision_of(onnx.name)
         engine = out or default_engine_path(onnx, precision)
         batches = calibration_batches(calib, onnx_preprocess(onnx), 8) if calib is not None else None
         start = time.perf_counter()
@@ -486,12 +488,19 @@ def predict(
     """Classify images with an exported artifact; ONNX and TensorRT need no PyTorch."""
 
     def body() -> None:
+        from .runtime.base import is_torch_artifact
         from .runtime.predictor import Predictor, expand_images
 
         limits.check({"--top-k": (top_k, limits.COUNT), "--batch-size": (batch_size, limits.BATCH)})
 
         files = expand_images(images)
-        pred = Predictor(artifact, device="cpu" if device is Device.auto else device.value, verify=verify)
+        where = "cpu" if device is Device.auto else device.value
+        if is_torch_artifact(artifact):  # only a checkpoint imports torch
+            from .evaluate import open_predictor
+
+            pred = open_predictor(artifact, device=where, verify=verify)
+        else:
+            pred = Predictor(artifact, device=where, verify=verify)
         bad: list[tuple[str, str]] = []
         results = pred.iter_predict(files, top_k, batch_size, on_error=lambda name, e: bad.append((name, str(e))))
         if as_json:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import limits
+from . import limits, runtime
+from .artifacts.run import read_run
 from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
 from .errors import ArtifactError, DataError, one_line
-from .models import build
 from .images import Preprocess
 from .metrics import EvalResult, Scorer
-from .train import evaluate_loader, load_checkpoint, read_run
+from .models import build
+from .runtime import Predictor, Runner
+from .runtime.base import is_torch_artifact
+from .runtime.torch import TorchRunner
+from .train import evaluate_loader, load_checkpoint
 
 
 @dataclass
@@ -31,15 +34,16 @@ class RunModel:
 def load_run_model(run: Path, checkpoint: str = "best.pt") -> RunModel:
     """Rebuild the architecture from run.json (no download) and load the checkpoint's weights."""
     info = read_run(run)
+    classes, preprocess = info.classes, info.preprocess
     ck = load_checkpoint(Path(run) / checkpoint)
-    built = build(info["model"], len(info["classes"]), "none")
+    built = build(info.model, len(classes), "none")
     try:
         built.model.load_state_dict(ck["model"])
     except RuntimeError as e:
-        raise ArtifactError(f"{Path(run) / checkpoint}: does not fit model {info['model']} "
+        raise ArtifactError(f"{Path(run) / checkpoint}: does not fit model {info.model} "
                             f"({one_line(e)})") from e
     built.model.eval()
-    return RunModel(built.model, list(info["classes"]), Preprocess.from_dict(info["preprocess"]), info)
+    return RunModel(built.model, classes, preprocess, info.doc)
 
 
 def eval_split(run: RunModel, data: str | None) -> tuple[str, Split]:
@@ -76,10 +80,26 @@ def evaluate_run(run: Path, data: str | None = None, batch_size: int = 64, worke
     return where, evaluate_loader(rm.model, loader, torch.device("cpu"), len(rm.classes)), rm.classes
 
 
-def evaluate_runner(runner: Any, split: Split, pp: Preprocess, num_classes: int, batch_size: int = 64,
+def evaluate_runner(runner: Runner, split: Split, pp: Preprocess, num_classes: int, batch_size: int = 64,
                     workers: int = 0) -> EvalResult:
     """Accuracy of any backend's runner through the same preprocessing code path as `edgetl eval`."""
     scorer = Scorer(num_classes)
     for x, y in make_loader(split, eval_transform(pp), batch_size, shuffle=False, workers=workers):
         scorer.update(runner.run(x.numpy()), y.numpy())
     return scorer.result()
+
+
+def open_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
+    """Any artifact's runner: a checkpoint (``*.pt``) or run folder as a `TorchRunner` on its rebuilt
+    model, anything else through the deploy runtime."""
+    path = Path(path)
+    if not is_torch_artifact(path):
+        return runtime.open_runner(path, device=device, threads=threads)
+    run, ck = (path.parent, path.name) if path.suffix == ".pt" else (path, "best.pt")
+    return TorchRunner(load_run_model(run, ck).model, device=device, threads=threads)
+
+
+def open_predictor(artifact: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True) -> Predictor:
+    """`Predictor` for any artifact, PyTorch checkpoints and run folders included."""
+    runner = open_runner(artifact, device=device, threads=threads) if is_torch_artifact(artifact) else None
+    return Predictor(artifact, device=device, threads=threads, verify=verify, runner=runner)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import shutil
 import time
 import warnings
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__, limits
+from .artifacts.manifest import ARTIFACT_FILES, read_manifest
 from .data import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
@@ -99,10 +99,6 @@ class Log:
     def __call__(self, msg: str) -> None: ...
 
 
-ARTIFACT_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx",
-                  "model.fp16.engine", "model.int8.engine")
-
-
 def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
     """Write and verify every artifact; raise EdgetlError if one fails its check (it is removed, the
     others are still made) or INT8 cannot meet ``max_drop``. Afterwards the folder holds exactly the
@@ -124,8 +120,9 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
 def _sweep_unlisted(out: Path) -> None:
     """Remove artifacts (and engine sidecars) that the manifest on disk does not list."""
     try:
-        listed = {a["file"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = read_manifest(out)
+        listed = {a["file"] for a in manifest.artifacts} if manifest else set()
+    except ArtifactError:
         listed = set()
     for name in ARTIFACT_FILES:
         if name not in listed:
@@ -347,9 +344,10 @@ def _toposort(graph: Any) -> None:
 
 def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm: RunModel, log: Log,
              fp32: dict[str, float] | None) -> list[str]:
-    from . import tensorrt as trt_mod
+    from .engines.builder import build_engine
+    from .runtime.tensorrt import available
 
-    ok, why = trt_mod.available()
+    ok, why = available()
     if not ok:
         msg = f"TensorRT engines skipped: {why}; build them on the target with `edgetl build {out / 'model.int8.onnx'} --int8`"
         log(msg)
@@ -361,7 +359,7 @@ def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm
                   workspace_mb=cfg.workspace_mb, dla_core=cfg.dla, timing_cache=out / "timing.cache")
     plans = []
     if cfg.fp16:
-        from .runtime._trt import import_tensorrt, trt_version
+        from .runtime.tensorrt import import_tensorrt, trt_version
 
         # TensorRT 11 builds strongly typed networks only: FP16 must already be in the ONNX.
         fp16_src = out / ("model.fp16.onnx" if trt_version(import_tensorrt()) >= (11,) else "model.onnx")
@@ -378,7 +376,7 @@ def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm
     for precision, src, extra in plans:
         engine = out / f"model.{precision}.engine"
         t0 = time.perf_counter()
-        side = trt_mod.build_engine(src, engine, precision, **common, **extra)
+        side = build_engine(src, engine, precision, **common, **extra)
         log(f"built {engine.name} from {src.name} in {time.perf_counter() - t0:.0f}s "
             f"(TensorRT {side['tensorrt_version']}, {side['gpu']})")
         side["accuracy"] = _engine_accuracy(engine, ds, rm, fp32)

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import __version__, cputrain
 from .config import TrainConfig
+from .artifacts.run import read_run
 from .checkdata import DataReport, check_data
 from .data import BUILTIN_SOURCES, DataSet, load_data
 from .distributed import Dist, all_sum
@@ -446,25 +447,12 @@ def _with_metrics(run: dict[str, Any], state: dict[str, Any], status: str) -> di
             "metrics": {"val_top1": state["best_top1"], "val_top5": state["best_top5"], "epochs": state["epoch"]}}
 
 
-def read_run(run: Path) -> dict[str, Any]:
-    """run.json of a run folder, with a clear error when it is missing or damaged."""
-    import json
-
-    p = Path(run) / "run.json"
-    if not p.is_file():
-        raise UsageError(f"{run}: not an edgetl run (no run.json)")
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{p}: unreadable ({e})") from e
-
-
 def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
     """The run's own configuration; ``epochs`` is the new total and must exceed the epochs already done."""
     info = read_run(run)
-    cfg = TrainConfig.from_dict(info["config"])
+    cfg = TrainConfig.from_dict(info.config)
     cfg.out = str(run)
-    done = (info.get("metrics") or {}).get("epochs")
+    done = info.metrics.get("epochs")
     if epochs is not None:
         if isinstance(done, int) and epochs <= done:
             raise UsageError(f"{run}: has trained {done} epoch(s) already; with --resume, --epochs is the new total, "

@@ -100,7 +100,7 @@ def test_accuracy_rows_agree_with_eval_and_onnxruntime(report: dict, tiny: Path)
 
 
 def test_backends_that_cannot_run_here_are_rows_with_a_reason(report: dict, tiny: Path, tmp_path: Path) -> None:
-    from edgetl.tensorrt import available
+    from edgetl.runtime.tensorrt import available
 
     trt_ok, _ = available()
     for row in _rows(report, "trt-fp16") + _rows(report, "trt-int8"):
@@ -409,7 +409,7 @@ def test_pytorch_on_cuda_is_timed_with_cuda_events(tiny: Path) -> None:
 
 @pytest.mark.tensorrt
 def test_engines_built_here_get_rows_with_accuracy_and_latency(tiny: Path, tmp_path: Path) -> None:
-    from edgetl.tensorrt import build_engine
+    from edgetl.engines.builder import build_engine
 
     run = tmp_path / "run"
     shutil.copytree(tiny, run)

@@ -27,9 +27,9 @@ def test_cuda_finetune_with_and_without_amp(tmp_path: Path, amp: bool) -> None:
 
 
 def test_torch_runner_on_cuda_matches_cpu(tiny_run: Path) -> None:
-    from edgetl.runtime.torch import TorchRunner
+    from edgetl.evaluate import open_runner
 
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    cpu = TorchRunner(tiny_run, device="cpu").run(x)
-    gpu = TorchRunner(tiny_run, device="cuda").run(x)
+    cpu = open_runner(tiny_run, device="cpu").run(x)
+    gpu = open_runner(tiny_run, device="cuda").run(x)
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)

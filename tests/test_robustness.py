@@ -159,7 +159,7 @@ def _weights(path: Path) -> Path:
 
 
 def test_onnx_files_that_read_outside_their_folder_or_fail_the_checker_are_refused(tmp_path: Path) -> None:
-    from edgetl.onnx_check import check_onnx_file
+    from edgetl.artifacts.onnx import check_onnx_file
 
     m = tmp_path / "model"
     m.mkdir()

@@ -14,16 +14,10 @@ import pytest
 from PIL import Image
 
 from edgetl.errors import ArtifactError, DataError, UsageError
-from edgetl.tensorrt import (
-    build_engine,
-    calibration_batches,
-    check_engine,
-    default_engine_path,
-    load_engine_meta,
-    precision_from_name,
-    rebuild_command,
-    sidecar_path,
-)
+from edgetl.artifacts.engine import check_engine, default_engine_path, load_engine_meta, rebuild_command, sidecar_path
+from edgetl.artifacts.manifest import precision_of
+from edgetl.engines.builder import build_engine
+from edgetl.engines.calibrator import calibration_batches
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 ENV = {"tensorrt_version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
@@ -144,7 +138,7 @@ def test_runner_refuses_an_engine_without_provenance_before_touching_tensorrt(tm
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_without_tensorrt_everything_says_how_to_install_it(tmp_path: Path) -> None:
     from edgetl.runtime.tensorrt import TrtRunner
-    from edgetl.tensorrt import available
+    from edgetl.runtime.tensorrt import available
 
     ok, why = available()
     assert not ok and "tensorrt is not installed" in why and "pip install 'edgetl[trt]'" in why
@@ -159,7 +153,7 @@ def test_without_tensorrt_everything_says_how_to_install_it(tmp_path: Path) -> N
 
 
 def test_importing_the_tensorrt_modules_imports_neither_torch_nor_tensorrt() -> None:
-    code = ("import sys, edgetl.tensorrt, edgetl.runtime.tensorrt; "
+    code = ("import sys, edgetl.engines.builder, edgetl.runtime.tensorrt; "
             "print([m for m in ('torch', 'tensorrt') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
@@ -186,9 +180,10 @@ def test_build_engine_refuses_bad_arguments_before_importing_tensorrt(tmp_path: 
 
 
 def test_names_follow_the_precision() -> None:
-    assert precision_from_name("model.int8.onnx") == "int8"
-    assert precision_from_name("model.fp16.engine") == "fp16"
-    assert precision_from_name("model.onnx") == "fp32"
+    assert precision_of("model.int8.onnx") == "int8"
+    assert precision_of("model.fp16.engine") == "fp16"
+    assert precision_of("model.onnx") == "fp32"
+    assert precision_of("model.int8-cpu.onnx") == "int8" and precision_of("my.int8ish.onnx") == "fp32"
     assert default_engine_path(Path("e/model.int8.onnx"), "int8") == Path("e/model.int8.engine")
     assert default_engine_path(Path("e/model.onnx"), "int8") == Path("e/model.int8.engine")
     assert default_engine_path(Path("e/model.fp16.onnx"), "fp16") == Path("e/model.fp16.engine")
@@ -245,7 +240,7 @@ def test_calibration_batches_refuse_unusable_folders(tmp_path: Path) -> None:
 
 
 def test_onnx_preprocess_comes_from_the_manifest_or_the_run(tmp_path: Path) -> None:
-    from edgetl.tensorrt import onnx_preprocess
+    from edgetl.engines.calibrator import onnx_preprocess
 
     onnx = tmp_path / "run" / "export" / "model.onnx"
     onnx.parent.mkdir(parents=True)

@@ -22,9 +22,15 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def is_torch_artifact(path: Path) -> bool:
+    """A checkpoint (``*.pt``) or a run folder: what only `edgetl.evaluate.open_runner` can open."""
+    path = Path(path)
+    return path.suffix == ".pt" or (path / "run.json").is_file()
+
+
 def open_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
-    """Pick the backend from the artifact: ``*.onnx`` → ONNX Runtime, ``*.engine`` → TensorRT,
-    ``*.pt`` or a run folder → PyTorch (the only one that imports torch)."""
+    """Pick the backend from the artifact: ``*.onnx`` → ONNX Runtime, ``*.engine`` → TensorRT. A PyTorch
+    checkpoint is refused with a pointer to `edgetl.evaluate.open_runner`, which rebuilds the model."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such artifact")
@@ -36,10 +42,9 @@ def open_runner(path: Path, *, device: str = "cpu", threads: int | None = None) 
         from .tensorrt import TrtRunner
 
         return TrtRunner(path)
-    if path.suffix == ".pt" or (path / "run.json").is_file():
-        from .torch import TorchRunner
-
-        return TorchRunner(path, device=device, threads=threads)
+    if is_torch_artifact(path):
+        raise UsageError(f"{path}: a PyTorch checkpoint; open it with edgetl.evaluate.open_runner or "
+                         "open_predictor (the deploy runtime does not load training code)")
     raise ArtifactError(f"{path}: unknown artifact type (expected .onnx, .engine, .pt or a run folder)")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.manifest import precision_of
 from ..errors import ArtifactError, UsageError
 
 
@@ -41,7 +42,7 @@ class OrtRunner:
         else:
             providers = ["CPUExecutionProvider"]
         if not own:
-            from ..onnx_check import check_onnx_file
+            from ..artifacts.onnx import check_onnx_file
 
             check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
         self.int8_layout = int8_layout(self.path)
@@ -67,18 +68,10 @@ class OrtRunner:
         self.input_name = inp.name
         self.input_shape = inp.shape
         self.output_name = self.session.get_outputs()[0].name
-        self.precision = "int8" if self.int8_layout else _precision_of(self.path.name)
+        self.precision = "int8" if self.int8_layout else precision_of(self.path.name)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float32)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
-
-
-def _precision_of(name: str) -> str:
-    if ".int8" in name:
-        return "int8"
-    if ".fp16" in name:
-        return "fp16"
-    return "fp32"

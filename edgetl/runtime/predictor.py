@@ -3,7 +3,6 @@ unless the artifact is a PyTorch checkpoint."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from .. import limits
-from ..errors import ArtifactError, DataError
+from ..artifacts.record import describe
+from ..errors import DataError
 from ..images import IMAGE_EXTENSIONS, ImageSource, Preprocess, load_rgb
 from .base import Runner, open_runner, softmax
 
-MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -29,41 +28,22 @@ class Prediction:
                 "top": [{"index": i, "class": c, "probability": p} for i, c, p in self.top]}
 
 
-def artifact_metadata(artifact: Path) -> dict[str, Any]:
-    """Classes and preprocessing for an artifact: manifest.json beside an exported file, run.json of a
-    run folder or beside best.pt, or run.json one folder up from RUN/export/."""
-    artifact = Path(artifact)
-    folder = artifact if artifact.is_dir() else artifact.parent
-    for record in (folder / "manifest.json", folder / "run.json", folder.parent / "run.json"):
-        if record.is_file():
-            try:
-                doc = json.loads(record.read_text())
-                classes = doc["classes"]
-                if not (isinstance(classes, list) and 0 < len(classes) <= MAX_CLASSES
-                        and all(isinstance(c, str) for c in classes)):
-                    raise ValueError(f"classes must be a list of 1..{MAX_CLASSES} names")
-                return {"classes": list(classes), "preprocess": Preprocess.from_dict(doc["preprocess"]),
-                        "record": str(record)}
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ArtifactError(f"{record}: unreadable classes/preprocess ({e})") from e
-    raise ArtifactError(f"{artifact}: no manifest.json or run.json beside it says its classes and preprocessing")
-
-
 class Predictor:
     """Loads ``model.onnx`` / ``model.int8.onnx`` / ``*.engine`` / ``best.pt`` (or a run folder)."""
 
     def __init__(self, artifact: Path | str, *, device: str = "cpu", threads: int | None = None,
-                 verify: bool = True) -> None:
-        """``verify``: refuse a file whose sha256 differs from its entry in the manifest.json beside it."""
+                 verify: bool = True, runner: Runner | None = None) -> None:
+        """``verify``: refuse a file whose sha256 differs from its entry in the manifest.json beside it.
+        ``runner``: one already open on ``artifact`` (a PyTorch checkpoint: `edgetl.evaluate.open_predictor`)."""
         self.artifact = Path(artifact)
         if verify:
             from .verify import verify_artifact
 
             verify_artifact(self.artifact)
-        meta = artifact_metadata(self.artifact)
-        self.classes: list[str] = meta["classes"]
-        self.preprocess: Preprocess = meta["preprocess"]
-        self.runner: Runner = open_runner(self.artifact, device=device, threads=threads)
+        meta = describe(self.artifact)
+        self.classes: list[str] = meta.classes
+        self.preprocess: Preprocess = meta.preprocess
+        self.runner: Runner = runner or open_runner(self.artifact, device=device, threads=threads)
 
     def predict(self, images: Iterable[ImageSource], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
         return list(self.iter_predict(images, top_k, batch_size))

@@ -1,18 +1,107 @@
-"""TensorRT runner: checks an engine's provenance against this machine, then runs it with cuda-python.
+"""TensorRT in the runtime: importing it with a clear error, one logger, the machine facts an engine's
+provenance is checked against, and `TrtRunner`, which checks an engine's provenance and then runs it.
 
-No PyTorch (a Jetson deployment has none). Uses the name-based I/O API (``num_io_tensors``,
+No PyTorch (a Jetson deployment has none), and nothing heavy at import: tensorrt and cuda-python are
+imported inside functions. The runner uses the name-based I/O API (``num_io_tensors``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), the one API that exists in
 TensorRT 8.5, 10 and 11.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
-from ..errors import ArtifactError, EdgetlError, UsageError
-from ..tensorrt import check_engine, current_environment, load_engine_meta, rebuild_command
-from ._trt import DeviceBuffer, cuda_call, cudart, import_tensorrt, last_error, logger
+from ..artifacts.engine import check_engine, load_engine_meta, rebuild_command
+from ..errors import ArtifactError, EdgetlError, UsageError, one_line
+from .cuda import INSTALL_HINT, DeviceBuffer, cuda_call, cudart, gpu_info
+
+MIN_TRT = (8, 5)
+
+_logger: Any = None
+
+
+def import_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or a UsageError that says how to install it."""
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError as e:
+        raise UsageError(f"tensorrt is not installed: {INSTALL_HINT}") from e
+    except ImportError as e:  # installed, but its native libraries do not load
+        raise UsageError(f"tensorrt cannot be imported ({one_line(e)})") from e
+    if trt_version(trt)[:2] < MIN_TRT:
+        raise UsageError(f"TensorRT {trt.__version__} is too old: edgetl needs TensorRT 8.5 or newer")
+    return trt
+
+
+def trt_version(trt: ModuleType) -> tuple[int, ...]:
+    """``"10.3.0.26"`` → ``(10, 3, 0, 26)``; non-numeric suffixes (``"11.0.0b1"``) are cut off."""
+    parts = []
+    for p in str(trt.__version__).split("."):
+        m = re.match(r"\d+", p)
+        if not m:
+            break
+        parts.append(int(m.group()))
+        if m.end() != len(p):
+            break
+    return tuple(parts)
+
+
+def logger(trt: ModuleType) -> Any:
+    """One process-wide TensorRT logger: TensorRT warns when a builder and a runtime get different ones.
+
+    It prints warnings and errors to stderr and remembers the last error, so a failed build or
+    deserialization can name TensorRT's own reason in the one-line message.
+    """
+    global _logger
+    if _logger is None:
+        severity = trt.ILogger.Severity
+        shown = (severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING)
+        errors = (severity.INTERNAL_ERROR, severity.ERROR)
+
+        class _Logger(trt.ILogger):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.last_error = ""
+
+            def log(self, sev: Any, msg: str) -> None:
+                if sev in errors:
+                    self.last_error = " ".join(str(msg).split())
+                if sev in shown:
+                    sys.stderr.write(f"[TensorRT] {msg}\n")
+
+        _logger = _Logger()
+    return _logger
+
+
+def last_error() -> str:
+    return _logger.last_error if _logger is not None else ""
+
+
+
+def available() -> tuple[bool, str]:
+    """Whether engines can be built and run here: tensorrt imports and a CUDA GPU is visible.
+
+    The string is the reason when not (with the install hint), else what was found.
+    """
+    try:
+        trt = import_tensorrt()
+        name, cc = gpu_info()
+    except EdgetlError as e:
+        return False, str(e)
+    return True, f"TensorRT {trt.__version__} on {name} (compute capability {cc})"
+
+
+def current_environment() -> dict[str, str]:
+    """The values an engine's provenance is checked against: TensorRT version, GPU name, compute capability."""
+    trt = import_tensorrt()
+    name, cc = gpu_info()
+    return {"tensorrt_version": str(trt.__version__), "gpu": name, "compute_capability": cc}
 
 
 class TrtRunner:

@@ -1,8 +1,11 @@
-"""PyTorch runner: the original fine-tuned model (best.pt), the reference every artifact is judged against."""
+"""PyTorch runner: a loaded model behind the same interface as the deployed backends, the reference
+every artifact is judged against. It takes the model, it does not load it: loading a checkpoint
+needs the model registry and the trainer's checkpoint format (`edgetl.evaluate.open_runner`), which
+the runtime does not import."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,18 +14,14 @@ class TorchRunner:
     backend = "torch"
     precision = "fp32"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, model: Any, *, device: str = "cpu", threads: int | None = None) -> None:
         import torch
 
-        from ..evaluate import load_run_model
-
-        path = Path(path)
-        run, ck = (path.parent, path.name) if path.suffix == ".pt" else (path, "best.pt")
         if threads:
             torch.set_num_threads(threads)
         self.device = device
         self._torch = torch
-        self.model = load_run_model(run, ck).model.to(device).eval()
+        self.model = model.to(device).eval()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         t = self._torch

@@ -8,9 +8,9 @@ Torch-free. A file without a manifest beside it has nothing to be checked agains
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..artifacts.manifest import read_manifest
 from ..errors import ArtifactError
 from ..fileio import sha256_file
 
@@ -30,19 +30,19 @@ def file_sha256(path: Path) -> str:
 def verify_artifact(path: Path) -> None:
     """ArtifactError (exit 4) unless ``path`` matches its entry in the manifest.json beside it."""
     path = Path(path)
-    manifest = path.parent / "manifest.json"
-    if path.is_dir() or not manifest.is_file() or path.suffix not in (".onnx", ".engine"):
+    if path.is_dir() or path.suffix not in (".onnx", ".engine"):
         return
     try:
-        doc = json.loads(manifest.read_text())
-        entries = {a["file"]: a for a in doc.get("artifacts") or []}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ArtifactError(f"{manifest}: unreadable artifact list ({e}); {FIX}") from e
-    entry = entries.get(path.name)
+        manifest = read_manifest(path.parent)
+        entry = manifest.entry(path.name) if manifest is not None else None
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}; {FIX}") from e
+    if manifest is None:
+        return
     if entry is None:
-        raise ArtifactError(f"{path}: not listed in {manifest.name}, so nothing says it belongs to this export; {FIX}")
+        raise ArtifactError(f"{path}: not listed in {manifest.path.name}, so nothing says it belongs to this export; {FIX}")
     expected = str(entry.get("sha256") or "")
     found = file_sha256(path)
     if found != expected:
         raise ArtifactError(f"{path}: sha256 {found[:12]}... differs from {expected[:12] or 'none'}... in "
-                            f"{manifest.name}: the file changed after export; {FIX}")
+                            f"{manifest.path.name}: the file changed after export; {FIX}")

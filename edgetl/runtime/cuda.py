@@ -1,82 +1,16 @@
-"""TensorRT and CUDA plumbing shared by the engine builder and the runner.
-
-Everything heavy is imported inside functions: importing this module costs nothing and works on a
-machine without TensorRT, CUDA or PyTorch. Device memory goes through cuda-python (``cudart``), not
-PyTorch, because a Jetson deployment has no PyTorch.
-"""
+"""CUDA plumbing for the TensorRT runner and builder, through cuda-python (``cudart``), not PyTorch:
+a Jetson deployment has no PyTorch. Importing this module imports nothing heavy."""
 
 from __future__ import annotations
 
-import re
-import sys
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ..errors import EdgetlError, UsageError, one_line
+from ..errors import EdgetlError, UsageError
 
-TRT_INSTALL_HINT = "pip install 'edgetl[trt]'"
-MIN_TRT = (8, 5)
-
-_logger: Any = None
-
-
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or a UsageError that says how to install it."""
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError as e:
-        raise UsageError(f"tensorrt is not installed: {TRT_INSTALL_HINT}") from e
-    except ImportError as e:  # installed, but its native libraries do not load
-        raise UsageError(f"tensorrt cannot be imported ({one_line(e)})") from e
-    if trt_version(trt)[:2] < MIN_TRT:
-        raise UsageError(f"TensorRT {trt.__version__} is too old: edgetl needs TensorRT 8.5 or newer")
-    return trt
-
-
-def trt_version(trt: ModuleType) -> tuple[int, ...]:
-    """``"10.3.0.26"`` → ``(10, 3, 0, 26)``; non-numeric suffixes (``"11.0.0b1"``) are cut off."""
-    parts = []
-    for p in str(trt.__version__).split("."):
-        m = re.match(r"\d+", p)
-        if not m:
-            break
-        parts.append(int(m.group()))
-        if m.end() != len(p):
-            break
-    return tuple(parts)
-
-
-def logger(trt: ModuleType) -> Any:
-    """One process-wide TensorRT logger: TensorRT warns when a builder and a runtime get different ones.
-
-    It prints warnings and errors to stderr and remembers the last error, so a failed build or
-    deserialization can name TensorRT's own reason in the one-line message.
-    """
-    global _logger
-    if _logger is None:
-        severity = trt.ILogger.Severity
-        shown = (severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING)
-        errors = (severity.INTERNAL_ERROR, severity.ERROR)
-
-        class _Logger(trt.ILogger):  # type: ignore[name-defined,misc]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.last_error = ""
-
-            def log(self, sev: Any, msg: str) -> None:
-                if sev in errors:
-                    self.last_error = " ".join(str(msg).split())
-                if sev in shown:
-                    sys.stderr.write(f"[TensorRT] {msg}\n")
-
-        _logger = _Logger()
-    return _logger
-
-
-def last_error() -> str:
-    return _logger.last_error if _logger is not None else ""
+INSTALL_HINT = "pip install 'edgetl[trt]'"
 
 
 def cudart() -> ModuleType:
@@ -91,7 +25,7 @@ def cudart() -> ModuleType:
         from cuda import cudart as runtime  # type: ignore[no-redef]
         return runtime
     except ImportError as e:
-        raise UsageError(f"cuda-python is not installed: {TRT_INSTALL_HINT} (or pip install cuda-python)") from e
+        raise UsageError(f"cuda-python is not installed: {INSTALL_HINT} (or pip install cuda-python)") from e
 
 
 def cuda_call(result: tuple, what: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, one_line
+from ..errors import ArtifactError, one_line
 
 
 def check_onnx_file(path: Path) -> None:

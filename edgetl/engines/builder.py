@@ -1,11 +1,12 @@
-"""TensorRT engines: built from ONNX on the machine that runs them, refused when their provenance does not match.
+"""`edgetl build`: TensorRT engines built from ONNX on the machine that runs them, each with a provenance
+record (`edgetl.artifacts.engine` checks it before an engine is loaded).
 
 Why it is shaped this way:
 
 - Engines are not portable. TensorRT guarantees that an engine deserializes only with the exact
   TensorRT version it was built with, and its kernels are chosen for one GPU. So every engine gets a
   provenance record (``ENGINE.json`` next to it, or its entry in ``manifest.json``) holding its sha256,
-  the TensorRT version, the GPU name and compute capability; :func:`check_engine` compares them with
+  the TensorRT version, the GPU name and compute capability; ``artifacts.engine.check_engine`` compares them with
   the running machine *before* anything is deserialized, and the error ends with the exact
   ``edgetl build`` command that rebuilds the engine there. The version check is an exact string match
   of ``tensorrt.__version__`` (``10.3.0`` ≠ ``10.3.0.26`` ≠ ``10.7.0``): a patch release may change
@@ -24,70 +25,24 @@ module works on any machine and never imports torch.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
-import shlex
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from . import __version__, limits
-from .errors import ArtifactError, DataError, EdgetlError, UsageError
-from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
-from .runtime._trt import DeviceBuffer, gpu_info, import_tensorrt, last_error, logger, trt_version
+from .. import __version__, limits
+from ..errors import ArtifactError, EdgetlError, UsageError
+from ..fileio import atomic_write, atomic_write_json, sha256_file
+from ..artifacts.engine import sidecar_path
+from ..runtime.cuda import gpu_info
+from ..runtime.tensorrt import import_tensorrt, last_error, logger, trt_version
+from .calibrator import entropy_calibrator
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_PROVENANCE_KEYS = ("sha256", "tensorrt_version", "gpu", "compute_capability")
-
-
-def available() -> tuple[bool, str]:
-    """Whether engines can be built and run here: tensorrt imports and a CUDA GPU is visible.
-
-    The string is the reason when not (with the install hint), else what was found.
-    """
-    try:
-        trt = import_tensorrt()
-        name, cc = gpu_info()
-    except EdgetlError as e:
-        return False, str(e)
-    return True, f"TensorRT {trt.__version__} on {name} (compute capability {cc})"
-
-
-def current_environment() -> dict[str, str]:
-    """The values an engine's provenance is checked against: TensorRT version, GPU name, compute capability."""
-    trt = import_tensorrt()
-    name, cc = gpu_info()
-    return {"tensorrt_version": str(trt.__version__), "gpu": name, "compute_capability": cc}
-
-
-def sidecar_path(engine_path: Path) -> Path:
-    """``model.int8.engine`` → ``model.int8.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def precision_from_name(name: str) -> str:
-    """``model.int8.onnx`` → int8, ``model.fp16.engine`` → fp16, anything else → fp32."""
-    for p in ("int8", "fp16"):
-        if f".{p}." in name:
-            return p
-    return "fp32"
-
-
-def default_engine_path(onnx_path: Path, precision: str) -> Path:
-    """Next to the ONNX, tagged with the precision once: ``model.int8.onnx`` → ``model.int8.engine``,
-    ``model.onnx`` built as int8 → ``model.int8.engine``."""
-    onnx_path = Path(onnx_path)
-    stem = onnx_path.stem
-    if precision != "fp32" and f".{precision}" not in stem:
-        stem += f".{precision}"
-    return onnx_path.with_name(stem + ".engine")
 
 
 def build_engine(
@@ -128,7 +83,7 @@ def build_engine(
     _check_build_args(onnx_path, engine_path, precision, min_batch, opt_batch, max_batch, workspace_mb, dla_core,
                       calibrator_batches is not None)
     trt = import_tensorrt()
-    from .onnx_check import check_onnx_file
+    from ..artifacts.onnx import check_onnx_file
 
     check_onnx_file(onnx_path)  # TensorRT's parser follows external data paths without ONNX Runtime's checks
     version = trt_version(trt)
@@ -171,7 +126,7 @@ def build_engine(
 
     calibrator = None
     if calibration == "implicit-entropy" and calibrator_batches is not None:
-        calibrator = _entropy_calibrator(trt, calibrator_batches, input_shape, calib_cache, onnx_path)
+        calibrator = entropy_calibrator(trt, calibrator_batches, input_shape, calib_cache, onnx_path)
         config.int8_calibrator = calibrator
         if input_shape[0] == -1:  # calibration runs at one fixed shape: the calibration profile's
             calib_profile = builder.create_optimization_profile()
@@ -211,136 +166,6 @@ def build_engine(
     }
     atomic_write_json(sidecar_path(engine_path), meta)
     return meta
-
-
-def load_engine_meta(engine_path: Path) -> dict[str, Any]:
-    """The engine's provenance: ``ENGINE.json`` next to it, else its entry in ``manifest.json`` in its folder.
-
-    Refuses (ArtifactError) when neither exists: an engine of unknown origin is never deserialized,
-    because deserializing a foreign or tampered engine can crash the process.
-    """
-    engine = Path(engine_path)
-    sidecar = sidecar_path(engine)
-    if sidecar.is_file():
-        meta = _read_json(sidecar)
-        if not isinstance(meta, dict):
-            raise ArtifactError(f"{sidecar}: not a JSON object")
-        return meta
-    manifest = engine.parent / "manifest.json"
-    if manifest.is_file():
-        doc = _read_json(manifest)
-        artifacts = doc.get("artifacts") if isinstance(doc, dict) else None
-        if not isinstance(artifacts, list):
-            raise ArtifactError(f"{manifest}: no 'artifacts' list")
-        for entry in artifacts:
-            if isinstance(entry, dict) and isinstance(entry.get("file"), str) and \
-                    (manifest.parent / entry["file"]).resolve() == engine.resolve():
-                return entry
-    raise ArtifactError(
-        f"{engine}: no provenance record (neither {sidecar.name} nor an entry in {manifest}); an engine of "
-        f"unknown origin is not loaded; rebuild it: {rebuild_command(engine, {})}")
-
-
-def check_engine(
-    engine_path: Path,
-    meta: dict[str, Any],
-    *,
-    tensorrt_version: str,
-    gpu: str,
-    compute_capability: str,
-    data: bytes | None = None,
-) -> None:
-    """Refuse (ArtifactError, exit 4) an engine that is not exactly what its provenance record says
-    or was built for another TensorRT version or GPU. Pure logic: no TensorRT import.
-
-    ``data`` is the engine's bytes when the caller already read them, so the bytes that get
-    deserialized are the bytes that were hashed.
-    """
-    engine = Path(engine_path)
-    cmd = rebuild_command(engine, meta)
-    missing = [k for k in _PROVENANCE_KEYS if not meta.get(k)]
-    if missing:
-        raise ArtifactError(f"{engine}: its provenance record lacks {', '.join(missing)}, so it cannot be "
-                            f"trusted; rebuild it: {cmd}")
-    if meta.get("format", "engine") != "engine":
-        raise ArtifactError(f"{engine}: its provenance record describes a {meta['format']!r} artifact, "
-                            f"not an engine; rebuild it: {cmd}")
-    if data is not None:
-        found = hashlib.sha256(data).hexdigest()
-    else:
-        try:
-            found = sha256_file(engine)
-        except OSError as e:
-            raise ArtifactError(f"{engine}: cannot read it ({e.strerror or e})") from e
-    expected = str(meta["sha256"])
-    if found != expected:
-        raise ArtifactError(f"{engine}: sha256 {found[:12]}... differs from the recorded {expected[:12]}...: "
-                            f"the file changed after it was built; rebuild it: {cmd}")
-    built = str(meta["tensorrt_version"]).strip()
-    if built != str(tensorrt_version).strip():
-        raise ArtifactError(f"{engine}: built with TensorRT {built}, this machine has TensorRT {tensorrt_version}; "
-                            f"an engine loads only on the exact TensorRT version it was built with; "
-                            f"rebuild it here: {cmd}")
-    built_cc, built_gpu = str(meta["compute_capability"]).strip(), str(meta["gpu"]).strip()
-    if built_cc != str(compute_capability).strip():
-        raise ArtifactError(f"{engine}: built for compute capability {built_cc} ({built_gpu}), this machine's GPU "
-                            f"is {compute_capability} ({gpu}); engines are specific to the GPU; "
-                            f"rebuild it here: {cmd}")
-    if built_gpu != str(gpu).strip():
-        raise ArtifactError(f"{engine}: built on {built_gpu}, this machine has {gpu} (same compute capability "
-                            f"{built_cc}, but kernels were chosen for the other GPU); rebuild it here: {cmd}")
-
-
-def rebuild_command(engine_path: Path, meta: dict[str, Any]) -> str:
-    """The ``edgetl build`` command line that rebuilds ``engine_path`` with the recorded settings."""
-    engine = Path(engine_path)
-    precision = str(meta.get("precision") or precision_from_name(engine.name))
-    source = meta.get("source_onnx")
-    src = source.get("file") if isinstance(source, dict) else None
-    onnx = engine.parent / src if isinstance(src, str) and src else engine.with_suffix(".onnx")
-    args = ["edgetl", "build", _shown(onnx)]
-    if precision in ("fp16", "int8"):
-        args.append(f"--{precision}")
-    if meta.get("calibration") == "implicit-entropy":
-        args += ["--calib", "CALIB_DIR"]
-    for key, flag in (("opt_batch", "--opt-batch"), ("max_batch", "--max-batch"), ("dla_core", "--dla")):
-        if meta.get(key) is not None:
-            args += [flag, str(meta[key])]
-    args += ["-o", _shown(engine)]
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def calibration_batches(calib_dir: Path, preprocess: dict[str, Any], batch_size: int) -> Iterator[np.ndarray]:
-    """Float32 NCHW batches of the images under ``calib_dir`` (any depth), preprocessed as in evaluation.
-
-    The recipe is ``manifest["preprocess"]`` ({size, resize, mean, std, interpolation}): shorter side
-    resized to ``resize`` with PIL's interpolation, centre crop ``size``, /255, (x - mean) / std, CHW.
-    PIL and numpy only, so it runs on a Jetson without PyTorch. The folder is checked now (DataError
-    when it holds no images); images are decoded lazily, batch by batch; the last batch may be smaller.
-    """
-    from .images import Preprocess
-
-    if batch_size < 1:
-        raise UsageError(f"calibration batch size must be >= 1, got {batch_size}")
-    try:
-        pp = Preprocess.from_dict(preprocess)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"unusable preprocessing record {preprocess!r} ({e})") from e
-    files = _image_files(Path(calib_dir))
-    return _batches(files, pp, batch_size)
-
-
-def onnx_preprocess(onnx_path: Path) -> dict[str, Any]:
-    """The preprocessing recorded for an exported ONNX: ``manifest["preprocess"]`` of the manifest.json next
-    to it, else ``preprocess`` of the run.json one folder up (``RUN/export/model.onnx`` → ``RUN/run.json``)."""
-    onnx_path = Path(onnx_path)
-    for record in (onnx_path.parent / "manifest.json", onnx_path.parent.parent / "run.json"):
-        if record.is_file():
-            doc = _read_json(record)
-            if isinstance(doc, dict) and isinstance(doc.get("preprocess"), dict):
-                return doc["preprocess"]
-    raise UsageError(f"{onnx_path}: no preprocessing record (manifest.json next to it, or ../run.json); calibration "
-                     f"images need the one `edgetl export` writes")
 
 
 # --- build helpers ---------------------------------------------------------------------------------
@@ -464,81 +289,7 @@ def _load_timing_cache(config: Any, path: Path) -> None:
     config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
-def _entropy_calibrator(trt: ModuleType, batches: Iterable[np.ndarray], input_shape: tuple[int, ...],
-                        cache: Path | None, onnx: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` fed from ``batches``; the class is defined here so that tensorrt
-    stays a lazy import.
-
-    TensorRT calibrates at one fixed shape: the first batch's size for a dynamic-batch ONNX (set as the
-    calibration profile), the ONNX's own batch otherwise; a short last batch is filled by repeating its
-    images. Errors raised while producing batches (a corrupt image) must not unwind through TensorRT's
-    C++ frames, so they are kept and re-raised by ``build_engine`` after the build returns.
-    """
-    it = iter(batches)
-    first = next(it, None)  # decodes the first images now, so a bad folder fails before the build
-    has_cache = cache is not None and cache.is_file() and cache.stat().st_size > 0
-    if first is None and not has_cache:
-        raise DataError("no calibration images were given")
-    rest = tuple(input_shape[1:])
-    if first is not None and (first.ndim != 4 or tuple(first.shape[1:]) != rest):
-        raise DataError(f"calibration batches have shape {tuple(first.shape)}, but {onnx} takes N x "
-                        f"{' x '.join(map(str, rest))}: preprocess them to the model's input size")
-    batch = input_shape[0] if input_shape[0] > 0 else (len(first) if first is not None else 1)
-    pending: Iterator[np.ndarray] = itertools.chain([first], it) if first is not None else it
-
-    class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)  # required by the pybind trampoline (segfaults without)
-            self.shape = (batch, *rest)
-            self.buffer = DeviceBuffer()
-            self.error: BaseException | None = None
-            self.images = 0
-
-        def get_batch_size(self) -> int:
-            return 1  # explicit-batch networks: the batch is part of the calibration shape
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.error is not None:
-                return None
-            try:
-                b = next(pending, None)
-                if b is None:
-                    return None
-                if tuple(b.shape[1:]) != rest:
-                    raise DataError(f"calibration batch of shape {tuple(b.shape)} does not fit {self.shape}")
-                self.images += min(len(b), batch)
-                host = np.ascontiguousarray(b[:batch] if len(b) >= batch else np.resize(b, self.shape),
-                                            dtype=np.float32)
-                return [self.buffer.upload(host)]
-            except BaseException as e:  # noqa: BLE001 - re-raised by build_engine
-                self.error = e
-                return None
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if has_cache and cache is not None else None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            if cache is None:
-                return
-            try:
-                atomic_write_bytes(cache, bytes(data))
-            except BaseException as e:  # noqa: BLE001 - re-raised by build_engine
-                self.error = e
-
-        def release(self) -> None:
-            self.buffer.free()
-
-    return _EntropyCalibrator()
-
-
 # --- provenance helpers ----------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: unreadable provenance record ({e})") from e
 
 
 def _relative_to_folder(path: Path, folder: Path) -> str:
@@ -547,39 +298,3 @@ def _relative_to_folder(path: Path, folder: Path) -> str:
         return os.path.relpath(path.resolve(), folder.resolve())
     except ValueError:  # another drive on Windows
         return str(path.resolve())
-
-
-def _shown(path: Path) -> str:
-    """A path as the user should type it from the current folder."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-# --- calibration images ----------------------------------------------------------------------------
-
-
-def _image_files(root: Path) -> list[Path]:
-    """The calibration images, listed as check-data lists them (symlinks leaving ``root`` refused)."""
-    from .checkdata import calibration_listing
-
-    if not root.is_dir():
-        raise DataError(f"{root}: no such calibration folder")
-    listing = calibration_listing(root)
-    if listing.errors():
-        raise DataError(str(listing.errors()[0]))
-    return listing.files
-
-
-def _batches(files: list[Path], pp: Any, batch_size: int) -> Iterator[np.ndarray]:
-    from .images import load_rgb
-
-    batch: list[np.ndarray] = []
-    for f in files:
-        batch.append(pp.to_array(load_rgb(f)))
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
