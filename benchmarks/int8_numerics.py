@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgetl.bench import environment, host_timer, latency_stats, sample, usable_cores
+from edgetl.bench import environment, host_timer, latency_stats, sample
+from edgetl.machine import usable_cores
 from edgetl.data import eval_transform, make_loader, run_data
 from edgetl.evaluate import load_run_model
 from edgetl.metrics import Scorer

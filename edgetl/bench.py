@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, limits
+from . import __version__, limits, machine
 from .artifacts.manifest import precision_of, read_manifest
 from .artifacts.record import describe
 from .artifacts.run import read_run
@@ -79,9 +78,6 @@ RECHECKS = 2  # times a row over the latency limit gets GATE_ROUNDS more rounds 
 BUSY = 0.10  # share of CPU time taken by others while timing above which the report warns
 FINGERPRINT_VERSION = 2  # 2: the CPU's kernel-selecting ISA flags are part of it (1: model name only)
 ROW_KEY = ("artifact", "backend", "precision", "batch_size", "device")
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve")
-GPU_DEVFREQ = ("gpu", "gv11b", "ga10b", "gp10b", "gb10b")  # Jetson GPU devfreq node names
 ROW_FIELDS = (
     "run", "model", "backend", "runtime", "precision", "device", "artifact", "sha256", "batch_size", "status",
     "top1", "top5", "delta_top1", "images", "numerics",
@@ -575,7 +571,7 @@ class _Session:
 
     def __init__(self, cfg: BenchConfig, log: Log) -> None:
         self.cfg, self.log = cfg, log
-        self.threads = cfg.threads or usable_cores()
+        self.threads = cfg.threads or machine.usable_cores()
         self.torch_ok = _have_torch()
         if self.torch_ok:
             import torch
@@ -854,26 +850,18 @@ def contention_line(c: dict[str, Any]) -> str:
             f"(hypervisor steal {c['steal']:.0%}): latencies are inflated; measure on a quiet or dedicated machine")
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def environment(threads: int, torch_ok: bool, root: Path = Path("/")) -> dict[str, Any]:
     """Hardware, versions and, on a Jetson, power mode and clock lock; plus the fingerprint baselines match on."""
-    from .doctor import jetson_info
-    from .runtime.numerics import cpu_flags
-
     root = Path(root)
-    cpuinfo = _read(root / "proc/cpuinfo") or ""
-    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines()
-                  if line.split(":")[0].strip() in ("model name", "Hardware")), "") or platform.processor() or platform.machine()
-    flags = cpu_flags(cpuinfo)
-    cpu = {"model": model, "cores": os.cpu_count(), "usable_cores": usable_cores(), "threads": threads,
-           "flags": [f for f in CPU_FLAGS if f in flags],
-           "governor": (_read(root / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") or "").strip() or None}
-    jetson = jetson_info(root)
+    cpuinfo = machine.read_file(root / "proc/cpuinfo") or ""
+    model = machine.cpu_model(cpuinfo)
+    flags = machine.cpu_flags(cpuinfo)
+    cpu = {"model": model, "cores": os.cpu_count(), "usable_cores": machine.usable_cores(), "threads": threads,
+           "flags": [f for f in machine.CPU_FLAGS if f in flags],
+           "governor": machine.read_file(root / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")}
+    jetson = machine.jetson_info(root)
     if jetson is not None:
-        jetson["clocks"] = jetson_clocks(root)
+        jetson["clocks"] = machine.jetson_clocks(root)
     import onnxruntime as ort
 
     trt_ok, trt_why = _tensorrt_available()
@@ -898,29 +886,6 @@ def environment(threads: int, torch_ok: bool, root: Path = Path("/")) -> dict[st
     return env
 
 
-def jetson_clocks(root: Path = Path("/")) -> dict[str, bool | None]:
-    """Whether `jetson_clocks` has pinned the clocks: every CPU's and the GPU's minimum frequency equals its maximum.
-
-    Read from sysfs (``cpufreq`` and ``devfreq``), which needs no root, unlike ``jetson_clocks --show``.
-    """
-    cpu_states = []
-    for d in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")):
-        lo, hi = _read(d / "scaling_min_freq"), _read(d / "scaling_max_freq")
-        if lo and hi:
-            cpu_states.append(lo.strip() == hi.strip())
-    gpu_states = []
-    devfreq = root / "sys/class/devfreq"
-    for d in sorted(devfreq.iterdir()) if devfreq.is_dir() else []:
-        if any(k in d.name for k in GPU_DEVFREQ):
-            lo, hi = _read(d / "min_freq"), _read(d / "max_freq")
-            if lo and hi:
-                gpu_states.append(lo.strip() == hi.strip())
-    cpu_locked = all(cpu_states) if cpu_states else None
-    gpu_locked = all(gpu_states) if gpu_states else None
-    known = [s for s in (cpu_locked, gpu_locked) if s is not None]
-    return {"cpu": cpu_locked, "gpu": gpu_locked, "locked": all(known) if known else None}
-
-
 def _gpus(torch_ok: bool) -> list[dict[str, Any]]:
     """Name and compute capability from PyTorch (or cuda-python), driver version from nvidia-smi."""
     found: list[dict[str, Any]] = []
@@ -939,9 +904,9 @@ def _gpus(torch_ok: bool) -> list[dict[str, Any]]:
             found.append({"name": name, "compute_capability": cc})
         except EdgetlError:
             pass
-    driver = _command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    smi = machine.nvidia_smi_gpus()
     for g in found:
-        g["driver"] = driver.splitlines()[0].strip() if driver else None
+        g["driver"] = smi[0][1] if smi else None
     return found
 
 
@@ -961,21 +926,6 @@ def _version(dist: str) -> str | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
-
-
-def _command(cmd: list[str]) -> str | None:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout if r.returncode == 0 and r.stdout.strip() else None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
 
 
 # --- the regression gate ---------------------------------------------------------------------------------

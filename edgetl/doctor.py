@@ -19,41 +19,17 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, machine
+from .runtime.numerics import int8_can_saturate, int8_isa, kernel_config
 from .errors import one_line
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
-
-# L4T release (first line of /etc/nv_tegra_release) -> (JetPack, TensorRT it ships), from
-# NVIDIA's JetPack archive. Exact releases only: 35.1 was JetPack 5.0.2 and 35.2.1 was 5.1,
-# so an unlisted revision gets the major series below rather than a guessed minor.
-JETPACK_FOR_L4T: dict[str, tuple[str, str]] = {
-    "35.1.0": ("5.0.2", "8.4.1"),
-    "35.2.1": ("5.1", "8.5.2"),
-    "35.3.1": ("5.1.1", "8.5.2"),
-    "35.4.1": ("5.1.2", "8.5.2"),
-    "35.5.0": ("5.1.3", "8.5.2"),
-    "35.6.0": ("5.1.4", "8.5.2"),
-    "35.6.1": ("5.1.5", "8.5.2"),
-    "36.2.0": ("6.0 DP", "8.6.2"),
-    "36.3.0": ("6.0", "8.6.2"),
-    "36.4.0": ("6.1", "10.3.0"),
-    "36.4.3": ("6.2", "10.3.0"),
-    "36.4.4": ("6.2.1", "10.3.0"),
-    "36.4.7": ("6.2.1", "10.3.0"),
-}
-JETPACK_SERIES = {"32": "4.x", "34": "5.0.x DP", "35": "5.x", "36": "6.x"}
-
-_L4T_LINE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
-_L4T_BOARD = re.compile(r"BOARD:\s*([^,\s]+)")
-_POWER_MODE = re.compile(r"NV Power Mode:\s*(\S+)")
 
 # NVIDIA's Jetson AI Lab pip indexes hold the Jetson (aarch64 + CUDA) builds of
 # onnxruntime-gpu and torch that PyPI does not have; one per JetPack/CUDA pairing.
@@ -63,14 +39,13 @@ _JETSON_INDEX = {
     "36.3": "https://pypi.jetson-ai-lab.io/jp6/cu122",
     "36": "https://pypi.jetson-ai-lab.io/jp6/cu126",
 }
-_CMD_TIMEOUT_S = 5.0
 _PROBE_TIMEOUT_S = 120.0  # the TensorRT provider builds an engine, even for one node
 
 
 def collect(root: Path = Path("/")) -> dict[str, Any]:
     """Everything ``edgetl doctor`` reports, as plain JSON-able data (``schema_version`` 1)."""
     root = Path(root)
-    jetson = jetson_info(root)
+    jetson = machine.jetson_info(root)
     runtimes = _probe_in_child()
     ort_info, trt_info = runtimes["onnxruntime"], runtimes["tensorrt"]
     torch_info = _torch()
@@ -94,42 +69,6 @@ def collect(root: Path = Path("/")) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- Jetson
-
-def parse_l4t(text: str) -> dict[str, str] | None:
-    """``# R36 (release), REVISION: 4.3, GCID: ..., BOARD: generic, ...`` -> l4t "36.4.3", JetPack, TensorRT."""
-    m = _L4T_LINE.search(text)
-    if not m:
-        return None
-    major, revision = m.group(1), m.group(2)
-    parts = [major, *revision.split(".")]
-    l4t = ".".join(parts + ["0"] * (3 - len(parts)))
-    jetpack, trt = JETPACK_FOR_L4T.get(l4t, (JETPACK_SERIES.get(major, "unknown"), "unknown"))
-    board = _L4T_BOARD.search(text)
-    return {"l4t": l4t, "jetpack": jetpack, "jetpack_tensorrt": trt, "board": board.group(1) if board else ""}
-
-
-def parse_nvpmodel(text: str) -> dict[str, str] | None:
-    """``nvpmodel -q`` prints ``NV Power Mode: MAXN`` and then the mode id on a line of its own."""
-    m = _POWER_MODE.search(text)
-    if not m:
-        return None
-    ids = [ln.strip() for ln in text.splitlines() if ln.strip().isdigit()]
-    return {"name": m.group(1), "id": ids[0] if ids else ""}
-
-
-def jetson_info(root: Path = Path("/")) -> dict[str, Any] | None:
-    """L4T/JetPack, board model and power mode; None when this is not a Jetson (no L4T release, no Jetson model)."""
-    release = _read(root / "etc/nv_tegra_release")
-    model = _read(root / "proc/device-tree/model") or _read(root / "sys/firmware/devicetree/base/model")
-    l4t = parse_l4t(release) if release else None
-    if l4t is None and "jetson" not in (model or "").lower():
-        return None
-    info: dict[str, Any] = {**(l4t or {"l4t": "unknown", "jetpack": "unknown", "jetpack_tensorrt": "unknown",
-                                        "board": ""}), "model": model or "unknown"}
-    mode = parse_nvpmodel(_run(["nvpmodel", "-q"]) or "")
-    info["power_mode"] = None if mode is None else mode["name"] + (f" (mode {mode['id']})" if mode["id"] else "")
-    return info
-
 
 def jetson_index(jetson: dict[str, Any]) -> str:
     """The Jetson AI Lab pip index for this L4T (JetPack 6.0 ships CUDA 12.2, 6.1+ CUDA 12.6)."""
@@ -302,8 +241,7 @@ class _StderrCapture:
 
 def _gpus(torch_info: dict[str, Any]) -> list[dict[str, Any]]:
     """From torch when it sees CUDA (name, capability, memory), joined with nvidia-smi's driver version."""
-    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
-    rows = [[c.strip() for c in ln.split(",")] for ln in (smi or "").splitlines() if ln.count(",") == 1]
+    rows = machine.nvidia_smi_gpus()
     devices = [d for d in torch_info["devices"] if "name" in d]
     if devices:  # one driver serves every GPU, whatever order CUDA_VISIBLE_DEVICES gives them
         return [{**d, "driver": rows[0][1] if rows else None, "source": "torch"} for d in devices]
@@ -311,23 +249,10 @@ def _gpus(torch_info: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _cpu(root: Path) -> dict[str, Any]:
-    """/proc/cpuinfo's model name (x86); ARM kernels print implementer/part codes instead."""
-    text = _read(root / "proc/cpuinfo") or ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    model = fields.get("model name") or fields.get("Hardware")
-    if not model and "CPU part" in fields:
-        model = f"ARM (implementer {fields.get('CPU implementer', '?')}, part {fields['CPU part']})"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from .runtime.numerics import cpu_flags, int8_can_saturate, int8_isa, kernel_config
-
-    isa = int8_isa(cpu_flags(text))
-    return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "usable_cores": usable, "int8_isa": isa, "int8_can_saturate": int8_can_saturate(isa),
-            "int8_session_config": kernel_config(isa)}
+    text = machine.read_file(root / "proc/cpuinfo") or ""
+    isa = int8_isa(machine.cpu_flags(text))
+    return {"model": machine.cpu_model(text), "cores": os.cpu_count(), "usable_cores": machine.usable_cores(),
+            "int8_isa": isa, "int8_can_saturate": int8_can_saturate(isa), "int8_session_config": kernel_config(isa)}
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -487,26 +412,5 @@ def _missing(info: dict[str, Any]) -> str:
 
     return "" if info["version"] else f"[red]missing[/] ({escape(str(info['error']))})"
 
-
-# --------------------------------------------------------------------------- helpers
-
-def _read(path: Path) -> str | None:
-    """A small system file as text, NULs stripped (device-tree strings end in one); None if unreadable."""
-    try:
-        return path.read_bytes().decode("utf-8", "replace").replace("\x00", "").strip() or None
-    except OSError:
-        return None
-
-
-def _run(cmd: list[str]) -> str | None:
-    """stdout of a tool if it is on PATH and answers within a few seconds; None otherwise."""
-    exe = shutil.which(cmd[0])
-    if exe is None:
-        return None
-    try:
-        r = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 

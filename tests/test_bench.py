@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgetl.bench import (BACKENDS, ROW_FIELDS, SCHEMA_VERSION, BenchConfig, environment, gate, jetson_clocks,
+from edgetl.bench import (BACKENDS, ROW_FIELDS, SCHEMA_VERSION, BenchConfig, environment, gate,
                           load_report, markdown, parse_backends, parse_batch_sizes, run_bench)
 from edgetl.config import TrainConfig
+from edgetl.machine import jetson_clocks
 from edgetl.errors import ArtifactError, UsageError
 from edgetl.export import ExportConfig, export
 from edgetl.train import finetune

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgetl.doctor import BACKENDS, JETPACK_FOR_L4T, collect, jetson_info, parse_l4t, parse_nvpmodel, render
+from edgetl.doctor import BACKENDS, collect, render
+from edgetl.machine import JETPACK_FOR_L4T, jetson_info, parse_l4t, parse_nvpmodel
 
 no_tensorrt_here = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                                       reason="TensorRT is installed here; these tests describe a machine without it")

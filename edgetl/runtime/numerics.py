@@ -19,27 +19,14 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from ..machine import cpu_flags
+
 SIMULATED = "simulated"
 ORT_CPU = "onnxruntime-cpu"
 ORT_CUDA = "onnxruntime-cuda"
 TENSORRT = "tensorrt"
 SIMULATE_CONFIG = {"session.disable_quant_qdq": "1"}
 SAFE_KERNEL_CONFIG = {"session.x64quantprecision": "1"}
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where unreadable."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return flags
 
 
 def int8_isa(flags: set[str] | None = None, machine: str | None = None) -> str:
