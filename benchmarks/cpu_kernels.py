@@ -8,7 +8,7 @@ Kernels: two copies of the same model and optimizer (fp32, channels_last, fused 
 a round of steps each, many rounds, so both meet the same machine. Allocator: glibc's settings
 cannot be put back exactly once changed, so each side runs in its own fresh process, the two
 alternating, ``--pairs`` times; both use edgetl's kernels. Prints the fastest and the median
-round per step, page faults per step, and the ratio. `edgetl.cputrain` says what each changes.
+round per step, page faults per step, and the ratio. `edgetl.train.cpu_kernels` says what each changes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from edgetl.cputrain import FastConvs, retain_freed_memory
+from edgetl.train.cpu_kernels import FastConvs, retain_freed_memory
 from edgetl.models import apply_strategy, build, set_train_mode
 
 

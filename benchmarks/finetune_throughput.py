@@ -4,15 +4,15 @@
 
 Reference (the source article's recipe in PyTorch): torchvision ImageFolder, PIL transforms
 (RandomResizedCrop, flip, ToTensor, Normalize), NCHW fp32 eager, a DataLoader with default
-settings. edgetl: `edgetl.train.finetune` with its defaults (decode cache, batched tensor
+settings. edgetl: `edgetl.train.loop.finetune` with its defaults (decode cache, batched tensor
 augmentation; cached features for --strategy head). Same images, model, initial weights, batch
 size, image size, optimizer, schedule and number of epochs; both report wall time per epoch
 (training + validation) and validation top-1.
 
 The two loops take turns epoch by epoch (edgetl's epoch, then the reference's), so that both
 meet the same machine: on a shared VM, speed drifts by 20% within minutes. The reference's
-epochs therefore run inside `edgetl.train.finetune`, under the same allocator setting as
-edgetl's (`edgetl.cputrain.retain_freed_memory`).
+epochs therefore run inside `edgetl.train.loop.finetune`, under the same allocator setting as
+edgetl's (`edgetl.train.cpu_kernels.retain_freed_memory`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from edgetl.config import TrainConfig
+from edgetl.train.config import TrainConfig
 from edgetl.models import apply_strategy, build, set_train_mode
-from edgetl.train import Hooks, finetune
+from edgetl.train.loop import Hooks, finetune
 
 
 def subset(src: Path, dst: Path, per_class: int) -> Path:

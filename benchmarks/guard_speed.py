@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import edgetl.quantize as quantize
-from edgetl.data import run_data
+from edgetl.data.sources import run_data
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.export import ExportConfig
 from edgetl.runtime.onnxruntime import OrtRunner

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from edgetl.bench import host_timer, latency_stats, sample
 from edgetl.machine import usable_cores
-from edgetl.data import eval_transform, load_data, make_loader
+from edgetl.data.sources import eval_transform, load_data, make_loader
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.quantize import CalibrationReader, calibration_split, prepare, stem_nodes
 from edgetl.runtime.onnxruntime import OrtRunner

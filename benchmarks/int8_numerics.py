@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from edgetl.bench import environment, host_timer, latency_stats, sample
 from edgetl.machine import usable_cores
-from edgetl.data import eval_transform, make_loader, run_data
+from edgetl.data.sources import eval_transform, make_loader, run_data
 from edgetl.evaluate import load_run_model
 from edgetl.metrics import Scorer
 from edgetl.runtime.numerics import SAFE_KERNEL_CONFIG, SIMULATE_CONFIG, int8_can_saturate, int8_isa

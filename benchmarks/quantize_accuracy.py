@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgetl.data import Split, load_data
+from edgetl.data.sources import Split, load_data
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.export import export_onnx, to_fp16
 from edgetl.quantize import CALIB_METHODS, calibrate, calibration_split, prepare, quantize, stem_nodes

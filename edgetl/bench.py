@@ -57,12 +57,12 @@ from . import __version__, limits, machine
 from .artifacts.manifest import precision_of, read_manifest
 from .artifacts.record import describe
 from .artifacts.run import read_run
-from .runtime.verify import file_sha256
 from .errors import ArtifactError, DataError, EdgetlError, UsageError, one_line
-from .limits import Range
 from .fileio import atomic_write_json
-from .metrics import EvalResult, Scorer
 from .images import ImageSource, Preprocess, load_rgb
+from .limits import Range
+from .metrics import EvalResult, Scorer
+from .runtime.verify import file_sha256
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
@@ -356,7 +356,7 @@ def _preprocess(items: list[ImageSource], pp: Preprocess, torch_ok: bool) -> np.
     if torch_ok:
         import torch
 
-        from .data import eval_transform
+        from .data.sources import eval_transform
 
         tf = eval_transform(pp)
         return torch.stack([tf(load_rgb(s)) for s in items]).numpy()
@@ -367,7 +367,7 @@ def accuracy(runner: Any, items: list[ImageSource], labels: list[int], pp: Prepr
              torch_ok: bool) -> EvalResult:
     """Top-1/top-5 of any runner: `edgetl eval`'s code path with PyTorch, the deploy preprocessing without."""
     if torch_ok:
-        from .data import Split
+        from .data.sources import Split
         from .evaluate import evaluate_runner
 
         return evaluate_runner(runner, Split(items, labels), pp, num_classes, ACCURACY_BATCH)

@@ -132,9 +132,9 @@ def finetune(
     """Fine-tune a pretrained CNN on a new image data set; writes best.pt, last.pt, run.json, metrics.csv."""
 
     def body() -> None:
-        from .config import TrainConfig
         from .errors import UsageError
-        from .train import resume_config
+        from .train.config import TrainConfig
+        from .train.loop import resume_config
 
         if resume is not None:
             changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS
@@ -173,7 +173,7 @@ def _from_command_line(ctx: typer.Context, param: str) -> bool:
 
 def _train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Any:
     from .progress import QuietHooks, RichHooks, summary_table
-    from .train import finetune as run_finetune
+    from .train.loop import finetune as run_finetune
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
         quiet, as_json = True, False
@@ -244,7 +244,7 @@ def check_data_cmd(
     def body() -> None:
         from rich.markup import escape
 
-        from .checkdata import check_data
+        from .data.check import check_data
 
         limits.check({"--limit": (limit, limits.NON_NEGATIVE)})
         report = check_data(path, calib, min_side=min_side, max_megapixels=max_megapixels, workers=workers)
@@ -292,9 +292,9 @@ def demo(
     digits, evaluated, exported to verified FP32, FP16 and INT8 ONNX, and benchmarked."""
 
     def body() -> None:
-        from .config import TrainConfig
         from .evaluate import evaluate_run
         from .export import ExportConfig, export
+        from .train.config import TrainConfig
 
         run = out or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
         cfg = TrainConfig(data="digits", out=str(run), epochs=epochs, img_size=img_size, batch_size=32,
@@ -440,11 +440,11 @@ def build(
 
         from rich.markup import escape
 
-        from .errors import UsageError
         from .artifacts.engine import default_engine_path, sidecar_path
         from .artifacts.manifest import precision_of
         from .engines.builder import build_engine, check_build_numbers
         from .engines.calibrator import calibration_batches, onnx_preprocess
+        from .errors import UsageError
 
         check_build_numbers(opt_batch, max_batch, workspace, dla)
         if verify:
@@ -573,8 +573,9 @@ def bench(
     def body() -> None:
         from rich.markup import escape
 
-        from .bench import (BenchConfig, gate_lines, markdown as to_markdown, parse_backends, parse_batch_sizes,
-                            run_bench, save_report, table)
+        from .bench import BenchConfig, gate_lines
+        from .bench import markdown as to_markdown
+        from .bench import parse_backends, parse_batch_sizes, run_bench, save_report, table
         from .fileio import atomic_write_text
 
         cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),

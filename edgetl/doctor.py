@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, machine
-from .runtime.numerics import int8_can_saturate, int8_isa, kernel_config
 from .errors import one_line
+from .runtime.numerics import int8_can_saturate, int8_isa, kernel_config
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")

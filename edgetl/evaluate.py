@@ -10,7 +10,7 @@ from torch import nn
 
 from . import limits, runtime
 from .artifacts.run import read_run
-from .data import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
+from .data.sources import Split, eval_transform, load_data, make_loader, run_data, scan_image_folder
 from .errors import ArtifactError, DataError, one_line
 from .images import Preprocess
 from .metrics import EvalResult, Scorer
@@ -18,7 +18,7 @@ from .models import build
 from .runtime import Predictor, Runner
 from .runtime.base import is_torch_artifact
 from .runtime.torch import TorchRunner
-from .train import evaluate_loader, load_checkpoint
+from .train.loop import evaluate_loader, load_checkpoint
 
 
 @dataclass

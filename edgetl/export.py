@@ -23,12 +23,12 @@ from torch import nn
 
 from . import __version__, limits
 from .artifacts.manifest import ARTIFACT_FILES, read_manifest
-from .data import Split, eval_transform, make_loader, run_data
+from .data.sources import Split, eval_transform, make_loader, run_data
 from .errors import ArtifactError, EdgetlError, UsageError
 from .evaluate import RunModel, load_run_model
-from .limits import Range
 from .fileio import atomic_write_bytes, atomic_write_json, folder_lock, sha256_file
 from .images import Preprocess
+from .limits import Range
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MAX_LOGIT_DIFF = 1e-3  # FP32 ONNX vs PyTorch, relative to the largest logit magnitude (at least 1)

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import printable
-from .train import Hooks
+from .train.loop import Hooks
 
 
 class RichHooks(Hooks):

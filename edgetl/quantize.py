@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from . import limits
-from .checkdata import calibration_listing
-from .data import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
+from .data.check import calibration_listing
+from .data.sources import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
 from .errors import DataError, UsageError
 from .fileio import atomic_folder, atomic_write_bytes, atomic_write_json, sha256_file
 from .metrics import EvalResult
@@ -426,10 +426,10 @@ NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, 
 def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout, measured
     with the kernels edgetl's runtime picks for this CPU. Written only when its drop is within the budget."""
+    import onnx
+
     from .runtime.numerics import int8_isa, kernel_config
     from .runtime.onnxruntime import OrtRunner
-
-    import onnx
 
     q = job.work / "cpu.onnx"
     quantize(job.prep, q, job.cache, job.cfg.calib_method, floats, cpu=True)
@@ -674,7 +674,7 @@ def write_calibration_set(data: str, size: int, out: Path, seed: int = 0, val_sp
 def _readable_sample(ds: DataSet, size: int, seed: int) -> tuple[Split, dict[str, str]]:
     """The stratified sample, drawn again without the files check-data calls bad until all of it
     decodes; only newly drawn files are decoded. Returns the sample and {bad file: reason}."""
-    from .checkdata import decode_all
+    from .data.check import decode_all
 
     bad: dict[str, str] = {}
     checked: set[str] = set()

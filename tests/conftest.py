@@ -61,8 +61,8 @@ def copy_subset(src: Path, dst: Path, per_class: int) -> Path:
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default, trained once per session: Lite0 on digits, 2 epochs at 64 px."""
-    from edgetl.config import TrainConfig
-    from edgetl.train import finetune
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.loop import finetune
 
     out = tmp_path_factory.mktemp("runs") / "digits"
     finetune(TrainConfig(data="digits", out=str(out), epochs=2, img_size=64, batch_size=32, lr=2e-3,
@@ -73,8 +73,8 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """timm's test_resnet (0.5M parameters) on real digits at 32 px: ~94% in 3 quick epochs."""
-    from edgetl.config import TrainConfig
-    from edgetl.train import finetune
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.loop import finetune
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     finetune(TrainConfig(data="digits", out=str(out), model="timm/test_resnet", weights="none", img_size=32,

@@ -17,11 +17,11 @@ from PIL import Image
 
 from edgetl.bench import (BACKENDS, ROW_FIELDS, SCHEMA_VERSION, BenchConfig, environment, gate,
                           load_report, markdown, parse_backends, parse_batch_sizes, run_bench)
-from edgetl.config import TrainConfig
+from edgetl.train.config import TrainConfig
 from edgetl.machine import jetson_clocks
 from edgetl.errors import ArtifactError, UsageError
 from edgetl.export import ExportConfig, export
-from edgetl.train import finetune
+from edgetl.train.loop import finetune
 
 EDGETL = [sys.executable, "-m", "edgetl"]
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; sys.modules['tensorrt'] = None; "
@@ -348,7 +348,7 @@ def test_flops_from_the_onnx_graph_equal_pytorch_flop_counter(tiny: Path) -> Non
 
 def test_bench_without_pytorch_on_an_image_folder(tiny: Path, tmp_path: Path) -> None:
     """The Jetson runtime image has no PyTorch: ONNX rows still run, on an ImageFolder, with the deploy preprocessing."""
-    from edgetl.data import load_data
+    from edgetl.data.sources import load_data
 
     val = load_data("digits").val
     folder = tmp_path / "val"

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR, make_image_folder, needs_cifar
-from edgetl.checkdata import check_data
-from edgetl.data import DataSet, Split, load_data, run_data
+from edgetl.data.check import check_data
+from edgetl.data.sources import DataSet, Split, load_data, run_data
 from edgetl.errors import ArtifactError, DataError
 from edgetl.fileio import resolve_inside
 
@@ -189,9 +189,9 @@ def test_paths_from_manifests_and_lists_cannot_escape_their_root(tmp_path: Path)
 
 @pytest.mark.usefixtures("one_thread")
 def test_training_skips_bad_files_and_eval_sees_the_same_split(tmp_path: Path) -> None:
-    from edgetl.config import TrainConfig
+    from edgetl.train.config import TrainConfig
     from edgetl.evaluate import evaluate_run
-    from edgetl.train import finetune
+    from edgetl.train.loop import finetune
 
     d = make_image_folder(tmp_path / "d", classes=3, per_class=7, size=24)
     (d / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")

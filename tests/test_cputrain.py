@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetl.cputrain import FastConvs, applies, retain_freed_memory
+from edgetl.train.cpu_kernels import FastConvs, applies, retain_freed_memory
 from edgetl.models import apply_strategy, build, set_train_mode
 
 CL = torch.channels_last

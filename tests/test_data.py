@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR, make_image_folder, needs_cifar
-from edgetl.data import load_data, scan_image_folder, stratified_split
+from edgetl.data.sources import load_data, scan_image_folder, stratified_split
 from edgetl.errors import DataError
 from edgetl.images import Preprocess, load_rgb
 

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR, copy_subset, needs_cifar
-from edgetl.config import TrainConfig
+from edgetl.train.config import TrainConfig
 from edgetl.errors import EdgetlError
 from edgetl.export import ExportConfig, export
 from edgetl.fileio import sha256_file
-from edgetl.train import finetune
+from edgetl.train.loop import finetune
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Pa
     entry = _manifest(out)["artifacts"][0]
     assert entry["verification"]["top1_agreement"] == 1.0 and entry["verification"]["max_abs_diff"] < 1e-3
     # independent check, batch of 5 through the dynamic batch axis
-    from edgetl.data import eval_transform, load_data
+    from edgetl.data.sources import eval_transform, load_data
     from edgetl.images import load_rgb
 
     rm = load_run_model(run)
@@ -242,7 +242,7 @@ def test_cpu_int8_variant_uses_uint8_activations(tiny_run: Path, tmp_path: Path)
 def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run: Path, tmp_path: Path) -> None:
     """The corrected TensorRT-layout file differs from the uncorrected one in Conv biases alone, and its
     logits' per-class mean on validation images moves toward FP32's."""
-    from edgetl.data import eval_transform, load_data, make_loader
+    from edgetl.data.sources import eval_transform, load_data, make_loader
     from edgetl.images import Preprocess
     from edgetl.runtime.onnxruntime import OrtRunner
 

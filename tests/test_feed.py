@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder
-from edgetl.config import TrainConfig
-from edgetl.data import eval_transform, load_data
-from edgetl.distributed import Dist
+from edgetl.train.config import TrainConfig
+from edgetl.data.sources import eval_transform, load_data
+from edgetl.train.distributed import Dist
 from edgetl.evaluate import evaluate_run
-from edgetl.fastdata import BatchAugment, decode
-from edgetl.feed import CachedFeed, LoaderFeed
+from edgetl.data.cache import BatchAugment, decode
+from edgetl.data.feed import CachedFeed, LoaderFeed
 from edgetl.images import Preprocess, load_rgb
-from edgetl.train import finetune
+from edgetl.train.loop import finetune
 
 PP = Preprocess(32, 40, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.config import TrainConfig
-from edgetl.train import finetune
+from edgetl.train.config import TrainConfig
+from edgetl.train.loop import finetune
 
 pytestmark = pytest.mark.gpu
 

@@ -106,7 +106,7 @@ def test_bundled_weights_classify_real_imagenet_photos() -> None:
     """Checks the tensor mapping and the preprocessing: 88-89% here, chance is 0.1%."""
     import timm
 
-    from edgetl.data import eval_transform
+    from edgetl.data.sources import eval_transform
     from edgetl.models import _load_bundled
     from edgetl.images import load_rgb
 

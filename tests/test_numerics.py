@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgetl.data import eval_transform, load_data, make_loader
+from edgetl.data.sources import eval_transform, load_data, make_loader
 from edgetl.images import Preprocess
 from edgetl.runtime.numerics import int8_can_saturate, int8_isa, int8_layout, kernel_config
 from edgetl.runtime.onnxruntime import OrtRunner

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGENET, needs_imagenet
-from edgetl.data import load_data
+from edgetl.data.sources import load_data
 from edgetl.evaluate import evaluate_run, evaluate_runner
 from edgetl.images import Preprocess
 from edgetl.runtime import Predictor

@@ -95,8 +95,8 @@ def test_second_ctrl_c_while_saving_corrupts_nothing(tmp_path: Path) -> None:
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    from edgetl.config import TrainConfig
-    from edgetl.train import finetune
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.loop import finetune
 
     run = tmp_path / "run"
     proc = _start("finetune", *TRAIN, "--epochs", "3", "--out", str(run))

@@ -208,7 +208,7 @@ def image_tree(root: Path, n: int = 5) -> Path:
 def test_calibration_batches_match_the_evaluation_transform(tmp_path: Path) -> None:
     import torch
 
-    from edgetl.data import eval_transform
+    from edgetl.data.sources import eval_transform
     from edgetl.images import Preprocess, load_rgb
 
     root = image_tree(tmp_path / "calib")

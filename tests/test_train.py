@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from edgetl.config import TrainConfig
+from edgetl.train.config import TrainConfig
 from edgetl.errors import UsageError
 from edgetl.errors import Interrupted
-from edgetl.train import Hooks, finetune, resume_config
+from edgetl.train.loop import Hooks, finetune, resume_config
 
 
 def test_digits_two_epochs_at_64px_beats_90_percent(digits_run: Path) -> None:

@@ -33,7 +33,7 @@ def exported(tiny_export: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgetl.data import load_data
+    from edgetl.data.sources import load_data
     from edgetl.images import load_rgb
 
     path = tmp_path_factory.mktemp("img") / "digit.png"
@@ -139,7 +139,7 @@ def test_exif_orientation_is_applied_and_both_decoders_agree(tiny_export: Path, 
     import numpy as np
     from PIL import Image
 
-    from edgetl.data import eval_transform
+    from edgetl.data.sources import eval_transform
     from edgetl.images import Preprocess, load_rgb
 
     arr = np.zeros((20, 40, 3), np.uint8)
@@ -294,7 +294,7 @@ def test_calib_skips_bad_files_and_a_full_disk_leaves_nothing(tmp_path: Path) ->
     data = make_image_folder(tmp_path / "data")
     corrupt = data / "class_0" / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-    from edgetl.data import load_data
+    from edgetl.data.sources import load_data
 
     train = load_data(str(data)).train
     assert str(corrupt) in map(str, train.items)

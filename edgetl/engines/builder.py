@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, limits
+from ..artifacts.engine import sidecar_path
 from ..errors import ArtifactError, EdgetlError, UsageError
 from ..fileio import atomic_write, atomic_write_json, sha256_file
-from ..artifacts.engine import sidecar_path
 from ..runtime.cuda import gpu_info
 from ..runtime.tensorrt import import_tensorrt, last_error, logger, trt_version
 from .calibrator import entropy_calibrator

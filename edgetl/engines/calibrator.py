@@ -119,7 +119,7 @@ def entropy_calibrator(trt: ModuleType, batches: Iterable[np.ndarray], input_sha
 
 def _image_files(root: Path) -> list[Path]:
     """The calibration images, listed as check-data lists them (symlinks leaving ``root`` refused)."""
-    from ..checkdata import calibration_listing
+    from ..data.check import calibration_listing
 
     if not root.is_dir():
         raise DataError(f"{root}: no such calibration folder")

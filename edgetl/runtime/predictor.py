@@ -17,7 +17,6 @@ from ..images import IMAGE_EXTENSIONS, ImageSource, Preprocess, load_rgb
 from .base import Runner, open_runner, softmax
 
 
-
 @dataclass
 class Prediction:
     source: str

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
-from .checkdata import data_folders, list_image_folder
-from .errors import DataError
-from .images import ImageSource, Preprocess, load_rgb
+from ..errors import DataError
+from ..images import ImageSource, Preprocess, load_rgb
+from .check import data_folders, list_image_folder
 
 BUILTIN_SOURCES = ("digits", "cifar10")
 

@@ -25,20 +25,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, cputrain
+from .. import __version__
+from ..artifacts.run import read_run
+from ..data.check import DataReport, check_data
+from ..data.feed import CachedFeed, FeatureFeed, Feed, LoaderFeed, epoch_seed
+from ..data.sources import BUILTIN_SOURCES, DataSet, load_data
+from ..errors import ArtifactError, Interrupted, TrainingError, UsageError, one_line
+from ..fileio import atomic_write, atomic_write_json, atomic_write_text, folder_lock
+from ..images import Preprocess
+from ..metrics import EvalResult, Scorer
+from ..models import apply_strategy, build, set_train_mode, torch_load_tensors
+from . import cpu_kernels as cputrain
 from .config import TrainConfig
-from .artifacts.run import read_run
-from .checkdata import DataReport, check_data
-from .data import BUILTIN_SOURCES, DataSet, load_data
 from .distributed import Dist, all_sum
 from .distributed import setup as setup_dist
 from .distributed import teardown as teardown_dist
-from .feed import CachedFeed, Feed, FeatureFeed, LoaderFeed, epoch_seed
-from .errors import ArtifactError, Interrupted, TrainingError, UsageError, one_line
-from .fileio import atomic_write, atomic_write_json, atomic_write_text, folder_lock
-from .metrics import EvalResult, Scorer
-from .models import apply_strategy, build, set_train_mode, torch_load_tensors
-from .images import Preprocess
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")

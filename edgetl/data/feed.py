@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .data import DataSet, ImageDataset, eval_transform, make_loader, train_transform
-from .distributed import Dist
-from .images import Preprocess
+from ..images import Preprocess
+from ..train.distributed import Dist
+from .sources import DataSet, ImageDataset, eval_transform, make_loader, train_transform
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -69,7 +69,7 @@ class LoaderFeed:
 class CachedFeed:
     def __init__(self, data: DataSet, pp: Preprocess, batch_size: int, hflip: bool, trivial: bool, seed: int,
                  dist: Dist, device: torch.device, where: str, on_image: Callable[[int], None] | None = None) -> None:
-        from .fastdata import BatchAugment, decode
+        from .cache import BatchAugment, decode
 
         self.bs, self.seed, self.dist, self.device, self.pp = batch_size, seed, dist, device, pp
         self.train_u8 = decode(data.train, pp, train=True, where=where, on_image=on_image)
@@ -83,7 +83,7 @@ class CachedFeed:
         return per_rank // self.bs if drop else -(-per_rank // self.bs)
 
     def train(self, epoch: int) -> tuple[int, Batches]:
-        from .fastdata import batches
+        from .cache import batches
 
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         g_aug = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) + 1 + self.dist.rank)
@@ -97,7 +97,7 @@ class CachedFeed:
 
     def train_eval(self) -> tuple[int, Batches]:
         """This rank's training images as evaluation crops (centre of the cached square)."""
-        from .fastdata import batches, normalize
+        from .cache import batches, normalize
 
         lo = (self.pp.resize - self.pp.size) // 2
 
@@ -108,7 +108,7 @@ class CachedFeed:
         return self._steps(len(self.train_y), False), gen()
 
     def val(self) -> tuple[int, Batches]:
-        from .fastdata import batches, normalize
+        from .cache import batches, normalize
 
         def gen() -> Batches:
             for x, y in batches(self.val_u8, self.val_y, self.bs, shuffle=False, shard=(self.dist.rank, self.dist.world)):
@@ -135,7 +135,7 @@ class FeatureFeed:
                                           progress("caching validation features", n))
 
     def train(self, epoch: int) -> tuple[int, Batches]:
-        from .fastdata import batches
+        from .cache import batches
 
         feats, labels = self.views[(epoch - 1) % len(self.views)]
         drop = len(labels) >= self.bs
@@ -144,14 +144,14 @@ class FeatureFeed:
         return steps, batches(feats, labels, self.bs, shuffle=True, g=g, drop_last=drop)
 
     def val(self) -> tuple[int, Batches]:
-        from .fastdata import batches
+        from .cache import batches
 
         return -(-len(self.val_y) // self.bs), batches(self.val_x, self.val_y, self.bs, shuffle=False)
 
 
 def _extract(model: nn.Module, head: str, it: Batches, device: torch.device, amp_dtype: torch.dtype | None,
              channels_last: bool, on_batch: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    from .features import extract
+    from ..train.features import extract
 
     labels: list[torch.Tensor] = []
 

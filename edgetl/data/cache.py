@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Split
-from .fileio import atomic_write
-from .images import Preprocess, load_rgb
+from ..fileio import atomic_write
+from ..images import Preprocess, load_rgb
+from .sources import Split
 
 CACHE_VERSION = 1
 MEMORY_BUDGET = 4 << 30  # decoded bytes kept in RAM; larger sets go to a memory-mapped file

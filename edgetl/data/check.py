@@ -1,7 +1,7 @@
 """`edgetl check-data`: list and fully decode a data set before hours of training depend on it.
 
 Torch-free, so the check starts fast and runs where training will not. The folder walk here is
-also what `edgetl.data` trains from, so what the check accepts is exactly what training reads.
+also what `edgetl.data.sources` trains from, so what the check accepts is exactly what training reads.
 Decoding runs in threads: Pillow releases the GIL while it decodes, and threads need no process
 start-up, no pickling and no care about signals.
 
@@ -30,9 +30,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from . import limits
-from .errors import DataError
-from .images import IMAGE_EXTENSIONS, load_rgb
+from .. import limits
+from ..errors import DataError
+from ..images import IMAGE_EXTENSIONS, load_rgb
 
 MIN_SIDE = 16  # px: a shorter side below this is mostly upsampling noise at any model input size
 MAX_PIXELS = 40_000_000  # decoding dominates training time long before Pillow's bomb limit (~89 MP)

@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import limits
-from .errors import UsageError
-from .limits import Range
-from .models import STRATEGIES
-from .images import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
+from .. import limits
+from ..errors import UsageError
+from ..images import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
+from ..limits import Range
+from ..models import STRATEGIES
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
