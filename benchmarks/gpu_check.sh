@@ -48,7 +48,7 @@ $PY - <<'PY' | tee /tmp/latency.txt
 import time, tempfile, numpy as np, torch
 from pathlib import Path
 from edgetl.models import build
-from edgetl.export import export_onnx
+from edgetl.export.onnx import export_onnx
 import onnxruntime as ort
 
 def timeit(fn, n=200):

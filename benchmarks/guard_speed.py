@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import edgetl.quantize as quantize
+import edgetl.export.int8.build as build
+import edgetl.export.int8.guard as guard
 from edgetl.data.sources import run_data
 from edgetl.evaluate import evaluate_runner, load_run_model
-from edgetl.export import ExportConfig
+from edgetl.export.options import ExportConfig
 from edgetl.runtime.onnxruntime import OrtRunner
 
 
@@ -33,21 +34,21 @@ def guarded(run: Path, max_drop: float, calib_size: int, reference: bool) -> dic
     out = run / "export"
     fp32 = evaluate_runner(OrtRunner(out / "model.onnx", own=True), ds.val, rm.preprocess, len(rm.classes))
     cfg = ExportConfig(run=str(run), int8=True, calib_size=calib_size, max_drop=max_drop, min_int8=0.0)
-    saved = quantize.PROBE_PIXELS, quantize.PROBE_MIN_IMAGES, quantize._guard
+    saved = guard.PROBE_PIXELS, guard.PROBE_MIN_IMAGES, build.run_guard
     if reference:
-        quantize.PROBE_PIXELS, quantize.PROBE_MIN_IMAGES = 0, 64
+        guard.PROBE_PIXELS, guard.PROBE_MIN_IMAGES = 0, 64
 
         def exact(job, *a):  # type: ignore[no-untyped-def]
             job.fast_rank = False
             return saved[2](job, *a)
 
-        quantize._guard = exact
+        build.run_guard = exact
     try:
         t0 = time.perf_counter()
-        result = quantize.build_int8(rm, ds, out / "model.onnx", Path(out), cfg, fp32, lambda m: None)
+        result = build.build_int8(rm, ds, out / "model.onnx", Path(out), cfg, fp32, lambda m: None)
         return {"seconds": time.perf_counter() - t0, "guard": result.guard}
     finally:
-        quantize.PROBE_PIXELS, quantize.PROBE_MIN_IMAGES, quantize._guard = saved
+        guard.PROBE_PIXELS, guard.PROBE_MIN_IMAGES, build.run_guard = saved
 
 
 def main() -> int:

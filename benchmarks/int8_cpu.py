@@ -35,7 +35,8 @@ from edgetl.bench import host_timer, latency_stats, sample
 from edgetl.machine import usable_cores
 from edgetl.data.sources import eval_transform, load_data, make_loader
 from edgetl.evaluate import evaluate_runner, load_run_model
-from edgetl.quantize import CalibrationReader, calibration_split, prepare, stem_nodes
+from edgetl.export.int8.calibrate import CalibrationReader, calibration_split, prepare
+from edgetl.export.int8.qdq import stem_nodes
 from edgetl.runtime.onnxruntime import OrtRunner
 
 from results_md import append_section, now

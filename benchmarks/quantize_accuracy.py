@@ -20,8 +20,10 @@ from pathlib import Path
 
 from edgetl.data.sources import Split, load_data
 from edgetl.evaluate import evaluate_runner, load_run_model
-from edgetl.export import export_onnx, to_fp16
-from edgetl.quantize import CALIB_METHODS, calibrate, calibration_split, prepare, quantize, stem_nodes
+from edgetl.export.fp16 import to_fp16
+from edgetl.export.onnx import export_onnx
+from edgetl.export.int8.calibrate import CALIB_METHODS, calibrate, calibration_split, prepare
+from edgetl.export.int8.qdq import quantize, stem_nodes
 from edgetl.runtime.onnxruntime import OrtRunner
 
 

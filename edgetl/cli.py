@@ -293,7 +293,8 @@ def demo(
 
     def body() -> None:
         from .evaluate import evaluate_run
-        from .export import ExportConfig, export
+        from .export.options import ExportConfig
+        from .export.pipeline import export
         from .train.config import TrainConfig
 
         run = out or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
@@ -360,7 +361,8 @@ def export_cmd(
     """Verified ONNX, FP16 and calibrated INT8 artifacts (and TensorRT engines where possible) plus manifest.json."""
 
     def body() -> None:
-        from .export import ExportConfig, export
+        from .export.options import ExportConfig
+        from .export.pipeline import export
 
         cfg = ExportConfig(run=str(run), out=str(out) if out else None, int8=int8, fp16=fp16,
                            calib=str(calib) if calib else None, calib_size=calib_size,
@@ -403,7 +405,7 @@ def calib(
     """Write a seeded, class-stratified calibration set (copies, in <class>/ folders, plus calib.json)."""
 
     def body() -> None:
-        from .quantize import write_calibration_set
+        from .export.int8.calibrate import write_calibration_set
 
         info = write_calibration_set(data, size, out, seed, val_split)
         for path, reason in list(info["skipped"].items())[:5]:

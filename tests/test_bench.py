@@ -20,7 +20,8 @@ from edgetl.bench import (BACKENDS, ROW_FIELDS, SCHEMA_VERSION, BenchConfig, env
 from edgetl.train.config import TrainConfig
 from edgetl.machine import jetson_clocks
 from edgetl.errors import ArtifactError, UsageError
-from edgetl.export import ExportConfig, export
+from edgetl.export.options import ExportConfig
+from edgetl.export.pipeline import export
 from edgetl.train.loop import finetune
 
 EDGETL = [sys.executable, "-m", "edgetl"]

@@ -160,7 +160,7 @@ def test_symlinks_out_of_the_data_root_are_refused_and_inside_ones_kept(tmp_path
 
 
 def test_flat_calibration_folder_refuses_symlinks_out(tmp_path: Path) -> None:
-    from edgetl.quantize import calibration_split
+    from edgetl.export.int8.calibrate import calibration_split
 
     calib = tmp_path / "calib"
     calib.mkdir()

@@ -73,7 +73,8 @@ def test_zeroed_hashes_and_unlisted_artifacts_are_refused(exported: Path, image:
 def test_export_leaves_exactly_what_its_manifest_lists(exported: Path) -> None:
     """A later export without --int8/--fp16 removes the earlier INT8/FP16 files, and a temporary folder
     left by a killed export is swept."""
-    from edgetl.export import ExportConfig, export
+    from edgetl.export.options import ExportConfig
+    from edgetl.export.pipeline import export
 
     out = exported / "export"
     (out / ".quant-killed").mkdir()
@@ -87,11 +88,12 @@ def test_export_leaves_exactly_what_its_manifest_lists(exported: Path) -> None:
 def test_an_artifact_that_fails_its_check_is_removed_and_the_others_still_made(exported: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """An FP16 file that disagrees with FP32 is not left under its name; INT8 is still attempted; exit 4."""
-    import edgetl.export as ex
+    import edgetl.export.pipeline as pipeline
+    from edgetl.export.options import ExportConfig
 
-    monkeypatch.setattr(ex, "MIN_FP16_AGREEMENT", 1.01)  # no FP16 file can pass: the check fails for real
+    monkeypatch.setattr(pipeline, "MIN_FP16_AGREEMENT", 1.01)  # no FP16 file can pass: the check fails for real
     with pytest.raises(ArtifactError, match="FP16 disagrees"):
-        ex.export(ex.ExportConfig(run=str(exported), fp16=True, int8=True, engine=False, calib_size=32))
+        pipeline.export(ExportConfig(run=str(exported), fp16=True, int8=True, engine=False, calib_size=32))
     out = exported / "export"
     assert not (out / "model.fp16.onnx").exists()
     listed = {a["file"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]}

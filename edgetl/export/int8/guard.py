@@ -1,0 +1,123 @@
+"""The accuracy guard: rank quantized layers by how much floating each alone brings the simulated INT8
+logits back to FP32, then float the fewest that bring the validation drop within ``--max-drop``,
+never so many that less than ``--min-int8`` of the MACs stays in INT8."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ...data.sources import eval_transform, make_loader
+from ...metrics import EvalResult
+from .job import Int8Job
+from .qdq import Floater, int8_share, quantized_nodes
+
+PROBE_PIXELS = 64 * 64 * 64  # calibration pixels whose FP32 logits rank layer sensitivity: 64 images at 64 px
+
+
+PROBE_MIN_IMAGES = 16
+
+
+NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, a looser --max-drop, or "
+              "--min-int8 0 to accept a partly float model")
+
+
+def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
+    """Rank quantized layers by how much floating each alone brings the simulated INT8 logits back to
+    FP32 on calibration images (one pass, one cheap model copy per layer), then float the top k,
+    growing k until the validation drop fits; k stops where less than ``min_int8`` of the MACs
+    would stay in INT8."""
+    from ...runtime.onnxruntime import OrtRunner
+
+    cfg, log = job.cfg, job.log
+    t0 = time.perf_counter()
+    floater = Floater(q, prep_model)
+    n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
+    probe = job.calib.subset(range(min(n, len(job.calib))))
+    probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
+                                                              workers=0)])
+    ref = OrtRunner(job.prep, own=True).run(probe)
+
+    def error(model: Any) -> float:
+        path = job.work / "probe.onnx"
+        path.write_bytes(model.SerializeToString())
+        return float(np.mean((OrtRunner(path, own=True, simulate=True, fast=job.fast_rank).run(probe) - ref) ** 2))
+
+    base_err = error(q)
+    candidates = quantized_nodes(q)
+    log(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on {len(probe)} images")
+    gains: dict[str, float] = {}
+    step = max(1, len(candidates) // 5)
+    for i, name in enumerate(candidates, 1):
+        gains[name] = base_err - error(floater.floated([name]))
+        if i % step == 0 or i == len(candidates):
+            log(f"  ranked {i}/{len(candidates)} layers ({time.perf_counter() - t0:.0f} s)")
+    order = sorted(candidates, key=lambda n: -gains[n])
+    # the most layers that can float while min_int8 of the MACs stay in INT8
+    base = int8_share(q, job.macs)
+    int8_now = set(base.int8_names)
+    k_max, left = 0, base.int8_macs
+    for name in order:
+        left -= job.macs[name] if name in int8_now else 0
+        if left < cfg.min_int8 * base.macs:
+            break
+        k_max += 1
+    tried: dict[int, float] = {}
+    results: dict[int, tuple[Any, EvalResult]] = {}
+
+    def attempt(k: int) -> bool:
+        model = floater.floated(order[:k])
+        acc = job.simulated(model, f"guard-{k}.onnx")
+        tried[k], results[k] = job.fp32.top1 - acc.top1, (model, acc)
+        log(f"  {k} layer(s) in float: INT8 top-1 {acc.top1:.2f}% (drop {tried[k]:+.2f})")
+        return tried[k] <= cfg.max_drop
+
+    # Grow k geometrically until the drop fits, then bisect down to the fewest layers that still fit.
+    lo, k, hi = 0, 1, None
+    while k <= k_max:
+        if attempt(k):
+            hi = k
+            break
+        lo, k = k, (min(2 * k, k_max) if k < k_max else k_max + 1)
+    info: dict[str, Any] = {"tried": tried, "candidates": len(candidates), "sensitivity": _top(gains, order),
+                            "seconds": 0.0}
+    if hi is None:
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
+                 f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
+        drop = tried[max(tried)] if tried else initial_drop
+        return {"model": None, "guard": info,
+                "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
+                           f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
+                           f"{NEXT_STEPS}"}
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    model, acc = results[hi]
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    macs = sum(job.macs.values()) or 1
+    layers = [{"name": n, "op": floater.nodes[n].op_type, "sensitivity_mse": gains[n],
+               "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in order[:hi]]
+    info["float_layers"] = layers
+    log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
+    log(_float_table(layers))
+    return {"model": model, "accuracy": acc, "guard": info}
+
+
+def _float_table(layers: list[dict[str, Any]]) -> str:
+    """The floated layers as a short aligned table: what each costs in MACs and what it bought."""
+    width = min(48, max(len(x["name"]) for x in layers))
+    lines = [f"  {'layer':<{width}}  {'op':<14} {'MACs':>6}  {'sensitivity (logit MSE gain)':>28}"]
+    for x in layers:
+        name = x["name"] if len(x["name"]) <= width else "…" + x["name"][-width + 1:]
+        lines.append(f"  {name:<{width}}  {x['op']:<14} {100 * x['mac_share']:5.1f}%  {x['sensitivity_mse']:28.4g}")
+    return "\n".join(lines)
+
+
+def _top(gains: dict[str, float], order: list[str], n: int = 10) -> list[dict[str, Any]]:
+    return [{"name": k, "sensitivity_mse": gains[k]} for k in order[:n]]

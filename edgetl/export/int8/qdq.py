@@ -1,0 +1,170 @@
+"""TensorRT-shaped Q/DQ: symmetric INT8 activations and weights (zero point 0), per-channel weights,
+bias left in float, made with ONNX Runtime's quantize_static as NVIDIA's ModelOpt does (explicit
+quantization is what TensorRT 10 keeps; implicit calibration is deprecated there). Also what share
+of the model runs in INT8, and `Floater`, which returns chosen layers to float by rewiring the graph."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibrate import calib_method
+
+QUANT_SETTINGS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+
+
+# ONNX Runtime's x86 integer kernels (VNNI vpdpbusd) multiply u8 activations by s8 weights: on this
+# project's CPU that layout ran 2-4x faster than FP32, the TensorRT layout 0.5-0.9x (RESULTS.md).
+CPU_SETTINGS = {"ActivationSymmetric": False, "WeightSymmetric": True}
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def quantize(prep: Path, dst: Path, cache: Path, method: str, exclude: list[str], cpu: bool = False) -> None:
+    """One quantize_static call with the ranges in ``cache``: cheap, so the guard can repeat it.
+    ``cpu`` makes the UINT8-activation layout for ONNX Runtime on x86/ARM CPUs instead of TensorRT's."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing advice is noise here
+    quantize_static(
+        str(prep), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=calib_method(method), nodes_to_exclude=exclude,
+        extra_options=dict(CPU_SETTINGS if cpu else QUANT_SETTINGS), calibration_cache_path=str(cache),
+    )
+
+
+def stem_nodes(model_path: Path) -> list[str]:
+    """The first weighted layers after the input (through Pad, Cast, ...): they see raw pixels, and
+    keeping them in float took the INT8 drop on cifar10-mini from 0.9 to 0.0 points (RESULTS.md)."""
+    import onnx
+
+    g = onnx.load(str(model_path)).graph
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier, seen, found = [g.input[0].name], set(), []
+    while frontier:
+        for n in consumers.get(frontier.pop(), []):
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op_type in WEIGHTED_OPS:
+                found.append(n.name)
+            else:
+                frontier.extend(n.output)
+    return found
+
+
+def quantized_nodes(model: Any) -> list[str]:
+    """Names of the float nodes whose inputs received Q/DQ pairs: the guard's candidates."""
+    g = model.graph
+    dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in g.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq_outputs for i in n.input)]
+
+
+@dataclass
+class Int8Share:
+    """How much of a Q/DQ model really runs in INT8: weighted layers whose activation and weight
+    both come through DequantizeLinear, counted and weighted by multiply-accumulates."""
+
+    weighted_layers: int
+    int8_layers: int
+    macs: int
+    int8_macs: int
+    int8_names: tuple[str, ...] = ()
+
+    @property
+    def mac_share(self) -> float:
+        return self.int8_macs / self.macs if self.macs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weighted_layers": self.weighted_layers, "int8_layers": self.int8_layers,
+                "macs_per_image": self.macs, "int8_mac_share": round(self.mac_share, 4)}
+
+    def line(self) -> str:
+        return (f"{self.int8_layers}/{self.weighted_layers} weighted layers in INT8, "
+                f"{100 * self.mac_share:.1f}% of the MACs")
+
+
+def layer_macs(prep: Any) -> dict[str, int]:
+    """Multiply-accumulates per image of each weighted layer, from the shapes in the prepared model."""
+    g = prep.graph
+    inits = {t.name: tuple(t.dims) for t in g.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(g.value_info) + list(g.output) + list(g.input)}
+    macs: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = int(np.prod(inits[n.input[1]]))
+        out, inp = shapes.get(n.output[0], []), shapes.get(n.input[0], [])
+        if n.op_type == "Conv":  # each output pixel of each output channel: Cin/groups x kh x kw
+            per = int(np.prod(out[2:])) if out[2:] and all(out[2:]) else 1
+        elif n.op_type == "ConvTranspose":  # each input pixel scatters the whole kernel
+            per = int(np.prod(inp[2:])) if inp[2:] and all(inp[2:]) else 1
+        elif n.op_type == "MatMul":
+            per = int(np.prod(out[1:-1])) if out[1:-1] and all(out[1:-1]) else 1
+        else:  # Gemm: one row per image
+            per = 1
+        macs[n.name] = w * per
+    return macs
+
+
+def int8_share(model: Any, macs: dict[str, int]) -> Int8Share:
+    g = model.graph
+    dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = [n.name for n in g.node if n.name in macs and n.input[0] in dq_outputs and n.input[1] in dq_outputs]
+    return Int8Share(len(macs), len(int8), sum(macs.values()), sum(macs[n] for n in int8), tuple(int8))
+
+
+class Floater:
+    """Copies of a Q/DQ model with chosen nodes back in float, by rewiring their inputs to the float
+    tensors of the prepared model: milliseconds, where a quantize_static call per guess took seconds."""
+
+    def __init__(self, q: Any, prep: Any) -> None:
+        self.q = q
+        self.nodes = {n.name: n for n in prep.graph.node}
+        self.inits = {t.name: t for t in prep.graph.initializer}
+
+    def floated(self, names: list[str]) -> Any:
+        import onnx
+
+        m = onnx.ModelProto()
+        m.CopyFrom(self.q)
+        have = {t.name for t in m.graph.initializer}
+        wanted = set(names)
+        for node in m.graph.node:
+            if node.name in wanted:
+                orig = self.nodes[node.name]
+                del node.input[:]
+                node.input.extend(orig.input)
+                for i in orig.input:
+                    if i in self.inits and i not in have:
+                        m.graph.initializer.append(self.inits[i])
+                        have.add(i)
+        _prune(m.graph)
+        return m
+
+
+def _prune(g: Any) -> None:
+    """Drop nodes whose outputs nobody reads (Q/DQ pairs of floated layers) and unused initializers.
+    Deleted by index: ``remove`` compares whole protos, weights included."""
+    keep_out = {o.name for o in g.output}
+    while True:
+        used = keep_out | {i for n in g.node for i in n.input}
+        dead = [k for k, n in enumerate(g.node) if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for k in reversed(dead):
+            del g.node[k]
+    used = {i for n in g.node for i in n.input}
+    for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in used]):
+        del g.initializer[k]
