@@ -25,8 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgetl.bench import BUSY, RECHECKS, best_round_ms as gate_ms, busy_share
 from results_md import EDGETL, append_section, now, split_argv
+
+from edgetl.bench.gate import RECHECKS
+from edgetl.bench.gate import best_round_ms as gate_ms
+from edgetl.bench.timing import BUSY, busy_share
 
 
 def key(row: dict) -> tuple:

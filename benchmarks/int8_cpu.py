@@ -31,15 +31,15 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from edgetl.bench import host_timer, latency_stats, sample
-from edgetl.machine import usable_cores
+from results_md import append_section, now
+
+from edgetl.bench.timing import host_timer, latency_stats, sample
 from edgetl.data.sources import eval_transform, load_data, make_loader
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.export.int8.calibrate import CalibrationReader, calibration_split, prepare
 from edgetl.export.int8.qdq import stem_nodes
+from edgetl.machine import usable_cores
 from edgetl.runtime.onnxruntime import OrtRunner
-
-from results_md import append_section, now
 
 INT_MAC_OPS = {"QLinearConv", "NhwcQLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
                "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from results_md import append_section, now
 
-from edgetl.bench import environment, host_timer, latency_stats, sample
-from edgetl.machine import usable_cores
+from edgetl.bench.environment import environment
+from edgetl.bench.timing import host_timer, latency_stats, sample
 from edgetl.data.sources import eval_transform, make_loader, run_data
 from edgetl.evaluate import load_run_model
+from edgetl.machine import usable_cores
 from edgetl.metrics import Scorer
 from edgetl.runtime.numerics import SAFE_KERNEL_CONFIG, SIMULATE_CONFIG, int8_can_saturate, int8_isa
 from edgetl.runtime.onnxruntime import OrtRunner
-
-from results_md import append_section, now
 
 
 class Plain:

@@ -308,7 +308,9 @@ def demo(
                         log=lambda m: out_console.print(m, highlight=False, markup=False))
         out_console.print(_artifact_table(report))
         out_console.rule("bench")
-        from .bench import BenchConfig, run_bench, table
+        from .bench.config import BenchConfig
+        from .bench.report import table
+        from .bench.session import run_bench
 
         bench_report = run_bench(BenchConfig(targets=[str(run)], backends=("torch", "ort-fp32", "ort-fp16", "ort-int8"),
                                              batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
@@ -575,9 +577,11 @@ def bench(
     def body() -> None:
         from rich.markup import escape
 
-        from .bench import BenchConfig, gate_lines
-        from .bench import markdown as to_markdown
-        from .bench import parse_backends, parse_batch_sizes, run_bench, save_report, table
+        from .bench.config import BenchConfig, parse_backends, parse_batch_sizes
+        from .bench.report import gate_lines
+        from .bench.report import markdown as to_markdown
+        from .bench.report import save_report, table
+        from .bench.session import run_bench
         from .fileio import atomic_write_text
 
         cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
@@ -605,7 +609,7 @@ def bench(
             else:
                 out_console.print(f"baseline written to {shown}", highlight=False)
         if failed:
-            from .bench import GATE_EMPTY_EXIT
+            from .bench.gate import GATE_EMPTY_EXIT
 
             raise typer.Exit(1 if report["gate"]["failures"] else GATE_EMPTY_EXIT)
 

@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgetl.bench import (BACKENDS, ROW_FIELDS, SCHEMA_VERSION, BenchConfig, environment, gate,
-                          load_report, markdown, parse_backends, parse_batch_sizes, run_bench)
-from edgetl.train.config import TrainConfig
-from edgetl.machine import jetson_clocks
+from edgetl.bench.config import BACKENDS, SCHEMA_VERSION, BenchConfig, parse_backends, parse_batch_sizes
+from edgetl.bench.environment import environment
+from edgetl.bench.gate import gate, load_report
+from edgetl.bench.report import markdown
+from edgetl.bench.session import ROW_FIELDS, run_bench
 from edgetl.errors import ArtifactError, UsageError
 from edgetl.export.options import ExportConfig
 from edgetl.export.pipeline import export
+from edgetl.machine import jetson_clocks
+from edgetl.train.config import TrainConfig
 from edgetl.train.loop import finetune
 
 EDGETL = [sys.executable, "-m", "edgetl"]
@@ -185,7 +188,7 @@ def test_gate_judges_the_fastest_round_against_the_baseline_noise(report: dict) 
 def test_cpu_meter_counts_other_processes_not_this_one() -> None:
     import time
 
-    from edgetl.bench import CpuMeter
+    from edgetl.bench.timing import CpuMeter
 
     if not Path("/proc/stat").is_file():
         pytest.skip("no /proc/stat here")
@@ -220,7 +223,7 @@ def test_gate_does_not_compare_rows_from_another_machine(report: dict) -> None:
 def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(report: dict) -> None:
     from rich.console import Console
 
-    from edgetl.bench import table
+    from edgetl.bench.report import table
 
     def render(width: int) -> str:
         console = Console(width=width, record=True, file=io.StringIO())
@@ -356,7 +359,7 @@ def test_bench_without_pytorch_on_an_image_folder(tiny: Path, tmp_path: Path) ->
     for i, (img, label) in enumerate(zip(val.items[:60], val.labels[:60])):
         (folder / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / str(label) / f"{i}.png")
-    code = (BLOCK_TORCH + "import json; from edgetl.bench import BenchConfig, run_bench; "
+    code = (BLOCK_TORCH + "import json; from edgetl.bench.config import BenchConfig; from edgetl.bench.session import run_bench; "
             f"r = run_bench(BenchConfig([{str(tiny)!r}], data={str(tmp_path)!r}, backends=('torch', 'ort-fp32'), "
             "batch_sizes=(2,), warmup=1, iters=3)); "
             "print(json.dumps([r['rows'], r['environment']['accuracy_preprocessing'], "

@@ -85,7 +85,8 @@ def test_runner_applies_overflow_safe_kernels_to_int8_where_they_can_saturate(ti
 
 def test_fingerprints_that_differ_only_in_isa_flags_do_not_match(tmp_path: Path) -> None:
     """Two EPYCs with one model name, one with AVX-512 VNNI and one AVX2-only, are two machines."""
-    from edgetl.bench import environment, gate
+    from edgetl.bench.environment import environment
+    from edgetl.bench.gate import gate
 
     def machine(flags: str) -> Path:
         root = tmp_path / flags.replace(" ", "_")

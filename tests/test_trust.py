@@ -222,7 +222,7 @@ def test_manifest_values_are_checked_before_anything_is_allocated(exported: Path
 
 
 def test_a_baseline_with_zero_or_unknown_latencies_is_refused(tiny_export: Path, tmp_path: Path) -> None:
-    from edgetl.bench import load_report
+    from edgetl.bench.gate import load_report
 
     doc = {"schema_version": 1, "environment": {}, "rows": [
         {"artifact": "model.onnx", "backend": "ort-fp32", "precision": "fp32", "batch_size": 1, "device": "cpu",
@@ -289,9 +289,8 @@ def test_calib_skips_bad_files_and_a_full_disk_leaves_nothing(tmp_path: Path) ->
     import resource
 
     import numpy as np
-    from PIL import Image
-
     from conftest import make_image_folder
+    from PIL import Image
 
     data = make_image_folder(tmp_path / "data")
     corrupt = data / "class_0" / "broken.png"
