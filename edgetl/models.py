@@ -10,12 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .choices import Strategy, values
 from .errors import ArtifactError, EdgetlError, UsageError, one_line
 from .images import Preprocess
 
 BUNDLED = "efficientnet_lite0"
 _BUNDLED_ARCH = "tf_efficientnet_lite0"  # the package's tensors map onto it in order (tested)
-STRATEGIES = ("full", "head", "partial")
+STRATEGIES = values(Strategy)
 # Small, edge-friendly classifiers listed by `edgetl models` without --all.
 EDGE_MODELS = (
     BUNDLED, "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "resnet18", "resnet50",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import limits
+from ..choices import Device, values
 from ..errors import UsageError
 from ..limits import Range
 
@@ -81,7 +82,7 @@ class BenchConfig:
             "--max-regression": (self.max_regression, Range(0, 1000)),  # a fraction: 0.10 = 10%
             "--max-drop": (self.max_drop, limits.POINTS),
         })
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in values(Device):
             raise UsageError("--device must be auto, cpu or cuda")
         return self
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
+from ..choices import CalibMode, values
 from ..errors import UsageError
 from ..limits import Range
 
@@ -46,7 +47,7 @@ class ExportConfig:
         })
         if self.calib_method not in CALIB_METHODS:
             raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}")
-        if self.calib_mode not in ("explicit", "implicit"):
+        if self.calib_mode not in values(CalibMode):
             raise UsageError("--calib-mode must be explicit or implicit")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise UsageError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")

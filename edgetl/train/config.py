@@ -10,11 +10,10 @@ from .. import limits
 from ..errors import UsageError
 from ..images import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
 from ..limits import Range
+from ..choices import CacheMode, Device, Optimizer, values
 from ..models import STRATEGIES
 
-OPTIMIZERS = ("adamw", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
-CACHE_MODES = ("auto", "memory", "disk", "off")
+OPTIMIZERS, DEVICES, CACHE_MODES = values(Optimizer), values(Device), values(CacheMode)
 
 
 @dataclass

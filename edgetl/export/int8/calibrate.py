@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from ... import limits
+from ...choices import CalibMethod, values
 from ...data.check import calibration_listing
 from ...data.sources import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
 from ...errors import DataError, UsageError
 from ...fileio import atomic_folder, atomic_write_json
 from ...images import Preprocess
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = values(CalibMethod)
 
 
 CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import printable
-from .train.loop import Hooks
+from ..errors import printable
+from ..train.loop import Hooks
 
 
 class RichHooks(Hooks):

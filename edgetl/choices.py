@@ -1,0 +1,57 @@
+"""Every closed set of values an option takes, defined once: the library validates against these and
+the CLI hands the same classes to Typer, so a new value cannot be accepted in one place and refused in
+another. Members are strings (``Strategy.full == "full"``), so configs and JSON files hold plain text."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class Strategy(StrEnum):
+    """What fine-tuning trains: everything, only the new head, or the head and the last blocks."""
+
+    full = "full"
+    head = "head"
+    partial = "partial"
+
+
+class Optimizer(StrEnum):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class CacheMode(StrEnum):
+    auto = "auto"
+    memory = "memory"
+    disk = "disk"
+    off = "off"
+
+
+class CalibMethod(StrEnum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class CalibMode(StrEnum):
+    explicit = "explicit"
+    implicit = "implicit"
+
+
+def values(choice: type[StrEnum]) -> tuple[str, ...]:
+    """The plain strings of a choice, in declaration order (what error messages list)."""
+    return tuple(m.value for m in choice)

@@ -1,0 +1,59 @@
+"""The `edgetl` Typer app, its consoles, and `run_command`, which turns library errors into one line and
+their exit codes. Command modules register on `app`; `edgetl.cli` imports them all."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..errors import Interrupted, one_line, printable
+
+app = typer.Typer(
+    name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
+)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Piped into a log, rich would assume 80 columns and cut the tables to ellipses: give logs room instead."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty or "COLUMNS" in os.environ else 200)
+
+
+out_console = _console()
+
+
+err_console = _console(stderr=True)
+
+
+def run_command(fn: Callable[[], Any]) -> Any:
+    """Run a command body; library errors become one red line and their exit codes."""
+    from ..errors import EdgetlError
+
+    try:
+        return fn()
+    except EdgetlError as e:
+        from rich.markup import escape
+
+        text = one_line(e) if "Original Traceback" in str(e) else printable(str(e))  # names stay on the line
+        err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Interrupted as e:
+        import signal
+
+        for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
+            signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
+        err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
+        raise typer.Exit(e.exit_code) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,153 @@
+"""`edgetl predict`, `doctor` and `bench`: what runs where the model is deployed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import limits
+from ..choices import Device
+from ..errors import printable
+from .app import app, err_console, out_console, run_command
+
+
+@app.command()
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="model.onnx, model.int8.onnx, model.fp16.onnx, *.engine, best.pt or a run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
+    device: Annotated[Device, typer.Option(help="cpu, or cuda for ONNX Runtime's CUDA provider / PyTorch on GPU (engines always run on the GPU).")] = Device.cpu,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON lines) on stdout.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse an artifact whose sha256 differs from the manifest.json beside it (exit 4).")] = True,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Exit 0 when some images could not be read (they are listed either way; default: exit 3 after predicting the rest).")] = False,
+) -> None:
+    """Classify images with an exported artifact; ONNX and TensorRT need no PyTorch."""
+
+    def body() -> None:
+        from ..runtime.base import is_torch_artifact
+        from ..runtime.predictor import Predictor, expand_images
+
+        limits.check({"--top-k": (top_k, limits.COUNT), "--batch-size": (batch_size, limits.BATCH)})
+
+        files = expand_images(images)
+        where = "cpu" if device is Device.auto else device.value
+        if is_torch_artifact(artifact):  # only a checkpoint imports torch
+            from ..evaluate import open_predictor
+
+            pred = open_predictor(artifact, device=where, verify=verify)
+        else:
+            pred = Predictor(artifact, device=where, verify=verify)
+        bad: list[tuple[str, str]] = []
+        results = pred.iter_predict(files, top_k, batch_size, on_error=lambda name, e: bad.append((name, str(e))))
+        if as_json:
+            for p in results:
+                print(json.dumps(p.to_dict()), flush=True)
+        else:
+            t = Table(title=f"{artifact} ({pred.runner.backend}, {pred.runner.precision})")
+            t.add_column("image")
+            for i in range(min(top_k, len(pred.classes))):
+                t.add_column(f"top-{i + 1}")
+            for p in results:
+                t.add_row(printable(p.source), *[printable(f"{c} {100 * prob:.1f}%") for _, c, prob in p.top])
+            out_console.print(t)
+        if bad:
+            from rich.markup import escape
+
+            err_console.print(f"{len(bad)} of {len(files)} image(s) could not be read:", highlight=False)
+            for _, why in bad:
+                err_console.print(f"  {escape(printable(why))}", highlight=False, soft_wrap=True)
+            if not skip_bad:
+                raise typer.Exit(3)
+
+    run_command(body)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
+) -> None:
+    """What this machine can run: Python, PyTorch, ONNX Runtime providers, TensorRT, GPU, Jetson/JetPack, each backend tried for real, with the command that fixes what is missing."""
+
+    def body() -> None:
+        from ..doctor import collect, render
+
+        report = collect()
+        if as_json:
+            print(json.dumps(report, indent=2))
+            return
+        render(report, out_console)
+
+    run_command(body)
+
+
+@app.command()
+def bench(
+    targets: Annotated[list[Path], typer.Argument(help="Run folders (the original best.pt against every artifact in RUN/export), export folders, or artifact files (.onnx, .engine, best.pt).")],
+    data: Annotated[Optional[str], typer.Option(help="Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' (default: the run's own validation split).")] = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated rows to produce: torch, ort-fp32, ort-fp16, ort-int8, trt-fp16, trt-int8.")] = "torch,ort-fp32,ort-fp16,ort-int8,trt-fp16,trt-int8",
+    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,8",
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each row's timing (per round).")] = 10,
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per row and round (default: at least 100 samples over all rounds and --min-seconds per round).")] = None,
+    min_seconds: Annotated[Optional[float], typer.Option(help="Least timed seconds per row and round (default 1).")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Interleaved rounds over all rows; p50 is the median of the rounds' medians (default 1; 3 with --baseline or --save-baseline).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and ONNX Runtime (default: the cores this process may use).")] = None,
+    device: Annotated[Device, typer.Option(help="auto: PyTorch on CUDA when it sees a GPU, ONNX Runtime on CPU; cuda: both on CUDA. TensorRT always runs on the GPU.")] = Device.auto,
+    e2e: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Also time decode + preprocess + inference from image files.")] = True,
+    roofline: Annotated[bool, typer.Option("--roofline", help="Measure this machine's matrix-multiply peaks, count the model's FLOPs, report GFLOP/s and the fraction of peak.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Gate against an earlier --json report: exit 1 on a latency or accuracy regression.")] = None,
+    max_regression: Annotated[float, typer.Option(help="Largest accepted p50 latency growth against the baseline, as a fraction.")] = 0.10,
+    max_drop: Annotated[float, typer.Option(help="Largest accepted top-1 drop against the baseline, in points.")] = 1.0,
+    save_baseline: Annotated[Optional[Path], typer.Option(help="Write this report as a baseline (not when the gate fails).")] = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Let a gate that compared no row pass (default: exit 5, since a baseline from another machine or with no common rows checks nothing).")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Accuracy and latency of the original model and every exported artifact, side by side; a CI regression gate."""
+
+    def body() -> None:
+        from rich.markup import escape
+
+        from ..bench.config import BenchConfig, parse_backends, parse_batch_sizes
+        from ..bench.report import gate_lines
+        from ..bench.report import markdown as to_markdown
+        from ..bench.report import save_report, table
+        from ..bench.session import run_bench
+        from ..fileio import atomic_write_text
+
+        cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
+                          batch_sizes=parse_batch_sizes(batch_size), warmup=warmup, iters=iters,
+                          min_seconds=min_seconds, rounds=rounds, threads=threads, device=device.value, e2e=e2e,
+                          roofline=roofline, baseline=str(baseline) if baseline else None,
+                          max_regression=max_regression, max_drop=max_drop,
+                          save_baseline=str(save_baseline) if save_baseline else None,
+                          verify=verify, allow_empty=allow_empty)
+        report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
+        out_console.print(table(report, out_console.width))
+        lines = gate_lines(report)
+        for i, line in enumerate(lines):
+            style = "" if i else "[bold green]" if report["gate"]["passed"] else "[bold red]"
+            out_console.print(f"{style}{escape(line)}", highlight=False, soft_wrap=True)
+        if json_out:
+            save_report(json_out, report)
+        if markdown:
+            atomic_write_text(markdown, to_markdown(report))
+        failed = report["gate"] is not None and not report["gate"]["passed"]
+        if save_baseline:
+            shown = escape(str(save_baseline))
+            if failed:
+                err_console.print(f"baseline {shown} not written: the gate failed")
+            else:
+                out_console.print(f"baseline written to {shown}", highlight=False)
+        if failed:
+            from ..bench.gate import GATE_EMPTY_EXIT
+
+            raise typer.Exit(1 if report["gate"]["failures"] else GATE_EMPTY_EXIT)
+
+    run_command(body)

@@ -1,0 +1,201 @@
+"""`edgetl finetune`, `eval`, `check-data` and `models`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from .. import limits
+from ..choices import CacheMode, Device, Optimizer, Strategy
+from .app import app, err_console, out_console, run_command
+from .render import print_eval
+
+
+def _default_out(model: str, data: str) -> Path:
+    stem = Path(data).name if data not in ("digits", "cifar10") else data
+    base = Path("runs") / f"{model.replace('/', '_')}-{stem}"
+    out, i = base, 2
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+@app.command()
+def finetune(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option(help="ImageFolder root (train/ + val/, or one folder with --val-split), 'digits' (bundled, offline) or 'cifar10' (torchvision download).")] = "digits",
+    model: Annotated[str, typer.Option(help="torchvision or timm model name ('timm/NAME' forces timm); see `edgetl models`.")] = "efficientnet_lite0",
+    weights: Annotated[str, typer.Option(help="imagenet | none | FILE (.pt/.pth state dict or .safetensors).")] = "imagenet",
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this stratified fraction for validation (default 0.2 when there is no val/).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input crop size in px; default: the model's pretrained config.")] = None,
+    strategy: Annotated[Strategy, typer.Option(help="full: every weight; head: new classifier only (frozen BN stays in eval); partial: last --unfreeze stages + head.")] = Strategy.full,
+    unfreeze: Annotated[int, typer.Option(help="Stages to train with --strategy partial.")] = 2,
+    backbone_lr_scale: Annotated[float, typer.Option(help="Backbone learning rate = lr x this (0 < s <= 1).")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Epochs (with --resume: the new total).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.")] = Optimizer.adamw,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1e-3 adamw, 1e-2 sgd).")] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (never on norm or bias parameters).")] = 0.01,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine decay (capped at 20% of training).")] = 1.0,
+    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this; 0 = off.")] = 0.0,
+    early_stop: Annotated[int, typer.Option(help="Stop after N epochs without a better val top-1; 0 = off.")] = 0,
+    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (default: on, off for digits).")] = None,
+    trivial_augment: Annotated[bool, typer.Option(help="Add TrivialAugmentWide to the training augmentation.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling, augmentation and init.")] = 0,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when PyTorch sees a GPU.")] = Device.auto,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA: bf16 where supported, else fp16 + GradScaler; off on CPU).")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on; about 1.7x faster training steps than NCHW on CPUs too).")] = True,
+    cache: Annotated[CacheMode, typer.Option(help="Decode images once into a uint8 cache and augment whole batches as tensors: auto (memory when it fits, else a file under ~/.cache/edgetl), memory, disk, or off (PIL per image in DataLoader workers).")] = CacheMode.auto,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="With --strategy head: run the frozen backbone once and train the head on cached features.")] = True,
+    feature_views: Annotated[int, typer.Option(help="With the feature cache: cache this many augmented views of the training set and cycle through them (0: one un-augmented view).")] = 0,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on GPUs; compiling takes minutes on a CPU).")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: cores - 1, at most 4).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<data>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (human output goes to stderr).")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode every image first (as `edgetl check-data`); unreadable files are left out and listed in RUN/data_check.json.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse the data (exit 3) on any check-data finding instead of leaving bad files out.")] = False,
+) -> None:
+    """Fine-tune a pretrained CNN on a new image data set; writes best.pt, last.pt, run.json, metrics.csv."""
+
+    def body() -> None:
+        from ..errors import UsageError
+        from ..train.config import TrainConfig
+        from ..train.loop import resume_config
+
+        if resume is not None:
+            changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS
+                             and _from_command_line(ctx, p))
+            if changed:
+                raise UsageError(f"--resume {resume} continues the run as its run.json records it; "
+                                 f"{', '.join(changed)} would change it and are refused (only --epochs, the new "
+                                 "total, can be given; start a new run with another --out to change the rest)")
+            cfg = resume_config(resume, epochs if _from_command_line(ctx, "epochs") else None)
+        else:
+            cfg = TrainConfig(
+                data=data, out=str(out or _default_out(model, data)), model=model, weights=weights,
+                val_split=val_split, img_size=img_size, strategy=strategy.value, unfreeze=unfreeze,
+                backbone_lr_scale=backbone_lr_scale, epochs=epochs, batch_size=batch_size,
+                optimizer=optimizer.value, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                warmup_epochs=warmup_epochs, clip_grad=clip_grad, early_stop=early_stop, hflip=hflip,
+                trivial_augment=trivial_augment, seed=seed, device=device.value, amp=amp,
+                channels_last=channels_last, workers=workers, cache=cache.value, feature_cache=feature_cache,
+                feature_views=feature_views, compile=compile,
+            )
+        summary = train_with_display(cfg, resume is not None, quiet, as_json,
+                                      "strict" if strict else "skip" if check else "off")
+        if as_json and os.environ.get("RANK", "0") == "0":
+            print(json.dumps({k: v for k, v in summary.__dict__.items()}, default=float))
+
+    run_command(body)
+
+
+RESUME_OPTIONS = {"resume", "epochs", "quiet", "as_json", "check", "strict"}  # the rest would change the run
+
+
+def _from_command_line(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)  # by name: Typer may bring its own copy of click's enum
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Any:
+    from ..train.loop import finetune as run_finetune
+    from .progress import QuietHooks, RichHooks, summary_table
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        quiet, as_json = True, False
+    console = err_console if as_json else out_console
+    hooks = QuietHooks(err_console) if quiet else RichHooks(console)
+    try:
+        summary = run_finetune(cfg, resume=resume, hooks=hooks, check=check)
+    finally:
+        hooks.close()
+    if not quiet:
+        console.print(summary_table(summary))
+    return summary
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `edgetl finetune`.")],
+    data: Annotated[Optional[str], typer.Option(help="Evaluate on this ImageFolder (its val/ if present) instead of the run's own validation split.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+) -> None:
+    """Top-1/top-5, per-class accuracy and the confusion matrix of a run's best checkpoint."""
+
+    def body() -> None:
+        from ..evaluate import evaluate_run
+
+        where, res, classes = evaluate_run(run, data, batch_size)
+        if as_json:
+            print(json.dumps({"data": where, "top1": res.top1, "top5": res.top5, "loss": res.loss,
+                              "per_class": dict(zip(classes, res.per_class())),
+                              "confusion": res.confusion.tolist(), "classes": classes}))
+            return
+        print_eval(where, res, classes)
+
+    run_command(body)
+
+
+@app.command("check-data")
+def check_data_cmd(
+    path: Annotated[Path, typer.Argument(help="ImageFolder root as `finetune --data` takes it: train/ + val/, or one folder of class folders.")],
+    calib: Annotated[Optional[Path], typer.Option(help="Also check a calibration folder (an ImageFolder or a flat folder of images) against the training classes.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 on any finding, warnings included (default: only on problems that stop training).")] = False,
+    min_side: Annotated[int, typer.Option(help="Warn about images whose shorter side is below this (px).")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="Warn about images larger than this; Pillow refuses about 89 MP and up as possible decompression bombs.")] = 40.0,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads (default: one per CPU core, at most 8).")] = None,
+    limit: Annotated[int, typer.Option(help="Findings to list (all of them are in --json).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="The full report as JSON on stdout.")] = False,
+) -> None:
+    """Decode every image and report what `finetune` would leave out or refuse: corrupt, truncated,
+    zero-byte and non-image files, hidden folders, empty classes, classes that differ between
+    train, val and calibration, symlinks leaving the folder, image modes and sizes. Reads only."""
+
+    def body() -> None:
+        from rich.markup import escape
+
+        from ..data.check import check_data
+
+        limits.check({"--limit": (limit, limits.NON_NEGATIVE)})
+        report = check_data(path, calib, min_side=min_side, max_megapixels=max_megapixels, workers=workers)
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            for line in report.lines(limit):
+                out_console.print(escape(line), highlight=False, soft_wrap=True)
+        report.raise_for(strict)
+
+    run_command(body)
+
+
+@app.command()
+def models(
+    all_models: Annotated[bool, typer.Option("--all", help="Every torchvision and timm classification model, not just the edge-friendly list.")] = False,
+    pattern: Annotated[Optional[str], typer.Option("--filter", help="Only names matching this glob or substring.")] = None,
+) -> None:
+    """Models `--model` accepts, marking those whose ImageNet weights are available offline."""
+
+    def body() -> None:
+        from ..models import list_models
+
+        rows = list_models(all_models, pattern)
+        t = Table(title="models (offline: ImageNet weights load without a download)")
+        t.add_column("name")
+        t.add_column("source")
+        t.add_column("offline")
+        for name, family, offline in rows:
+            t.add_row(name, family, "[green]yes[/]" if offline else "no")
+        out_console.print(t)
+        if all_models:
+            out_console.print("(timm's offline state is not probed with --all; filter with --filter to see it)")
+
+    run_command(body)
