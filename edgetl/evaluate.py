@@ -18,7 +18,8 @@ from .models import build
 from .runtime import Predictor, Runner
 from .runtime.base import is_torch_artifact
 from .runtime.torch import TorchRunner
-from .train.loop import evaluate_loader, load_checkpoint
+from .train.checkpoint import load_checkpoint
+from .train.loop import evaluate_loader
 
 
 @dataclass

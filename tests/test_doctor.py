@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgetl.doctor import BACKENDS, collect, render
+from edgetl.cli.render import render_doctor
+from edgetl.doctor import BACKENDS, collect
 from edgetl.machine import JETPACK_FOR_L4T, jetson_info, parse_l4t, parse_nvpmodel
 
 no_tensorrt_here = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
@@ -82,7 +83,7 @@ def test_table_shows_every_backend_and_install_commands_intact() -> None:
 
 def test_render_keeps_brackets_and_lists_the_machine(here: dict) -> None:
     console = Console(record=True, width=400)
-    render(here, console)
+    render_doctor(here, console)
     text = console.export_text()
     assert f"{here['python']['version']}" in text and "onnxruntime-cpu" in text
     for v in here["backends"].values():
@@ -128,7 +129,7 @@ def test_jetson_root_gives_jetpack_model_and_jetson_install_commands(tmp_path: P
     if not b["onnxruntime-cuda"]["ok"]:
         assert f"https://pypi.jetson-ai-lab.io/{index}" in b["onnxruntime-cuda"]["install"]
     console = Console(record=True, width=400)
-    render(report, console)
+    render_doctor(report, console)
     assert f"R{l4t} / JetPack {jetpack}" in console.export_text()
 
 

@@ -25,7 +25,8 @@ from conftest import make_image_folder
 from edgetl.cli import app
 from edgetl.train.config import TrainConfig
 from edgetl.errors import ArtifactError, EdgetlError, TrainingError
-from edgetl.train.loop import finetune, resume_config
+from edgetl.train.checkpoint import resume_config
+from edgetl.train.loop import finetune
 
 EDGETL = [sys.executable, "-m", "edgetl"]
 ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster on a busy machine

@@ -12,7 +12,8 @@ from conftest import make_image_folder
 from edgetl.train.config import TrainConfig
 from edgetl.errors import UsageError
 from edgetl.errors import Interrupted
-from edgetl.train.loop import Hooks, finetune, resume_config
+from edgetl.train.checkpoint import resume_config
+from edgetl.train.loop import Hooks, finetune
 
 
 def test_digits_two_epochs_at_64px_beats_90_percent(digits_run: Path) -> None:

@@ -74,13 +74,14 @@ def doctor(
     """What this machine can run: Python, PyTorch, ONNX Runtime providers, TensorRT, GPU, Jetson/JetPack, each backend tried for real, with the command that fixes what is missing."""
 
     def body() -> None:
-        from ..doctor import collect, render
+        from ..doctor import collect
+        from .render import render_doctor
 
         report = collect()
         if as_json:
             print(json.dumps(report, indent=2))
             return
-        render(report, out_console)
+        render_doctor(report, out_console)
 
     run_command(body)
 

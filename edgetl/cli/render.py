@@ -38,3 +38,59 @@ def artifact_table(report: Any) -> Table:
                   f"{share['int8_layers']}/{share['weighted_layers']}, {100 * share['int8_mac_share']:.0f}% MACs"
                   if share else "-", a["sha256"][:12])
     return t
+
+
+def render_doctor(report: dict[str, Any], console: Any) -> None:
+    """`edgetl doctor` as two tables: the machine, then one row per backend with the fix for each that is missing."""
+    from rich.markup import escape as e
+    from rich.table import Table
+
+    t = Table(title=f"edgetl {report['edgetl']} doctor", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    py, plat, cpu = report["python"], report["platform"], report["cpu"]
+    t.add_row("python", e(f"{py['version']} ({py['executable']})"))
+    t.add_row("platform", e(f"{plat['system']} {plat['release']} {plat['machine']}"
+                            + (" (in a container)" if plat["container"] else "")))
+    t.add_row("cpu", e(f"{cpu['model']}, {cpu['usable_cores']}/{cpu['cores']} cores usable"))
+    t.add_row("int8 kernels", e(_int8_line(cpu)))
+    tv = report["torch"]
+    t.add_row("torch", _missing(tv) or e(f"{tv['version']} (CUDA build {tv['cuda_build'] or 'none'}, "
+                                          f"cuDNN {tv['cudnn'] or 'none'}, CUDA available: {tv['cuda_available']})"))
+    ov = report["onnxruntime"]
+    t.add_row("onnxruntime", _missing(ov) or e(f"{', '.join(ov['packages']) or ov['version']}: "
+                                                f"{', '.join(ov['providers'])}"))
+    t.add_row("tensorrt", _missing(report["tensorrt"]) or e(report["tensorrt"]["version"]))
+    none = "integrated (not queried: no nvidia-smi or CUDA PyTorch here)" if report["jetson"] else "none found"
+    for g in report["gpus"] or [{"name": none}]:
+        extra = ", ".join(f"{k} {g[k]}" for k in ("compute_capability", "memory_mb", "driver") if g.get(k))
+        t.add_row("gpu", e(g["name"] + (f" ({extra})" if extra else "")))
+    j = report["jetson"]
+    if j:
+        t.add_row("jetson", e(j["model"]))
+        t.add_row("L4T / JetPack", e(f"R{j['l4t']} / JetPack {j['jetpack']} (ships TensorRT {j['jetpack_tensorrt']})"))
+        t.add_row("power mode", e(j["power_mode"] or "unknown: no answer from nvpmodel -q here (try it with sudo "
+                                                      "on the host)"))
+    console.print(t)
+
+    b = Table(title="backends")
+    b.add_column("backend")
+    b.add_column("ok")
+    b.add_column("why")
+    b.add_column("to fix")
+    for name, v in report["backends"].items():
+        b.add_row(name, "[green]yes[/]" if v["ok"] else "[red]no[/]", e(v["why"]), e(v["install"]))
+    console.print(b)
+
+
+def _int8_line(cpu: dict[str, Any]) -> str:
+    if cpu["int8_can_saturate"]:
+        return (f"{cpu['int8_isa']}: ONNX Runtime's u8s8 kernels CAN saturate here (no VNNI); edgetl runs INT8 "
+                "with session.x64quantprecision=1, plain ONNX Runtime users must set it too")
+    return f"{cpu['int8_isa']}: ONNX Runtime's INT8 kernels do not saturate here"
+
+
+def _missing(info: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    return "" if info["version"] else f"[red]missing[/] ({escape(str(info['error']))})"

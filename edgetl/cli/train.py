@@ -68,7 +68,7 @@ def finetune(
     def body() -> None:
         from ..errors import UsageError
         from ..train.config import TrainConfig
-        from ..train.loop import resume_config
+        from ..train.checkpoint import resume_config
 
         if resume is not None:
             changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS

@@ -9,8 +9,6 @@ to an uninterrupted one. Weights that stopped being finite are never saved.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import signal
@@ -25,26 +23,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..artifacts.run import read_run
 from ..data.check import DataReport, check_data
 from ..data.feed import CachedFeed, FeatureFeed, Feed, LoaderFeed, epoch_seed
 from ..data.sources import BUILTIN_SOURCES, DataSet, load_data
-from ..errors import ArtifactError, Interrupted, TrainingError, UsageError, one_line
-from ..fileio import atomic_write, atomic_write_json, atomic_write_text, folder_lock
+from ..errors import Interrupted, TrainingError, UsageError
+from ..fileio import atomic_write_json, folder_lock
 from ..images import Preprocess
 from ..metrics import EvalResult, Scorer
-from ..models import apply_strategy, build, set_train_mode, torch_load_tensors
+from ..models import apply_strategy, build, set_train_mode
 from . import cpu_kernels as cputrain
+from .checkpoint import (
+    amp_name,
+    best_payload,
+    last_payload,
+    remove_stale_temporaries,
+    restore,
+    run_record,
+    save_checkpoint,
+    with_metrics,
+    write_metrics,
+)
 from .config import TrainConfig
 from .distributed import Dist, all_sum
 from .distributed import setup as setup_dist
 from .distributed import teardown as teardown_dist
 
-CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")
 CHECK_MODES = ("skip", "strict", "off")  # bad files: skip and list them | refuse the data | do not check
-METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
 
 
 class Hooks:
@@ -114,7 +118,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
         model.to(memory_format=torch.channels_last)
     amp_dtype = _amp_dtype(cfg.amp, device)
     hflip = data.hflip if cfg.hflip is None else cfg.hflip
-    hooks.start(cfg, data, pp, str(device), _amp_name(amp_dtype))
+    hooks.start(cfg, data, pp, str(device), amp_name(amp_dtype))
     feed, net = _feed(cfg, data, pp, model, head, d, device, amp_dtype, channels_last, hflip, hooks)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -132,11 +136,11 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
     state = {"epoch": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0, "stale": 0}
     history: list[dict[str, float]] = []
     if resume:
-        state, history = _restore(out, model, opt, sched, scaler, device)
+        state, history = restore(out, model, opt, sched, scaler, device)
         if d.main:
-            _remove_stale_temporaries(out)
+            remove_stale_temporaries(out)
 
-    run = _run_json(cfg, data, pp, head, str(device), amp_dtype, len(trainable), report)
+    run = run_record(cfg, data, pp, head, str(device), amp_dtype, len(trainable), report)
     run["world_size"] = d.world
     run["input_pipeline"] = type(feed).__name__
     if report is not None and d.main:
@@ -179,25 +183,25 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
                     status = "early_stopped" if stop else "running"
                     if d.main:
                         if improved:
-                            _save(out / "best.pt", _best_payload(model, cfg, data, pp, epoch, ev.top1))
-                        _save(out / "last.pt", _last_payload(model, opt, sched, scaler, cfg, data, state))
-                        _write_metrics(out, history)
-                        atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                            save_checkpoint(out / "best.pt", best_payload(model, cfg, data, pp, epoch, ev.top1))
+                        save_checkpoint(out / "last.pt", last_payload(model, opt, sched, scaler, cfg, data, state))
+                        write_metrics(out, history)
+                        atomic_write_json(out / "run.json", with_metrics(run, state, status))
                 hooks.epoch_end(row)
                 if stop:
                     break
             else:
                 status = "finished"
                 if d.main:
-                    atomic_write_json(out / "run.json", _with_metrics(run, state, status))
+                    atomic_write_json(out / "run.json", with_metrics(run, state, status))
         except Interrupted:
             sig.ignore()  # a second Ctrl-C must not cut the last write short
             if d.main and (out / "last.pt").exists():
-                atomic_write_json(out / "run.json", _with_metrics(run, state, "interrupted"))
+                atomic_write_json(out / "run.json", with_metrics(run, state, "interrupted"))
             raise
         except TrainingError as e:
             if d.main and (out / "last.pt").exists():
-                atomic_write_json(out / "run.json", {**_with_metrics(run, state, "failed"), "error": str(e)})
+                atomic_write_json(out / "run.json", {**with_metrics(run, state, "failed"), "error": str(e)})
             raise
         finally:
             teardown_dist(d)
@@ -313,10 +317,6 @@ def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _amp_name(dtype: torch.dtype | None) -> str | None:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype) if dtype else None
-
-
 def _workers(cfg: TrainConfig) -> int:
     if cfg.workers is not None:
         return cfg.workers
@@ -353,113 +353,6 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: in
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
-
-
-def _meta(cfg: TrainConfig, data: DataSet) -> dict[str, Any]:
-    return {"format": CHECKPOINT_FORMAT, "model_name": cfg.model, "classes": list(data.classes)}
-
-
-def _best_payload(model: nn.Module, cfg: TrainConfig, data: DataSet, pp: Preprocess, epoch: int, top1: float) -> dict[str, Any]:
-    return {**_meta(cfg, data), "epoch": epoch, "val_top1": top1, "preprocess": pp.to_dict(),
-            "model": _cpu_state(model)}
-
-
-def _last_payload(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
-                  cfg: TrainConfig, data: DataSet, state: dict[str, Any]) -> dict[str, Any]:
-    return {**_meta(cfg, data), **state, "config": cfg.to_dict(), "model": _cpu_state(model),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in model.state_dict().items()}
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """weights_only=True: tensors and plain data only; anything else is refused as untrusted."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such checkpoint")
-    ck = torch_load_tensors(path, "checkpoint")
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("model"), dict):
-        raise ArtifactError(f"{path}: not an edgetl checkpoint (no {CHECKPOINT_FORMAT!r} format tag)")
-    return ck
-
-
-def _restore(out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-             scaler: torch.amp.GradScaler, device: torch.device) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    path = out / "last.pt"
-    ck = load_checkpoint(path)
-    try:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        state = {k: ck[k] for k in ("epoch", "best_top1", "best_top5", "best_epoch", "stale")}
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{path}: does not fit this run's model, optimizer or schedule ({one_line(e)})") from e
-    return state, _read_metrics(out)[: state["epoch"]]
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """A run killed mid-write leaves a temporary (.last.pt.x1y2.tmp) beside the intact real file."""
-    for p in out.glob(".*.tmp"):
-        if any(p.name.startswith(f".{name}.") for name in RUN_FILES):
-            p.unlink(missing_ok=True)
-
-
-def _write_metrics(out: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
-
-
-def _read_metrics(out: Path) -> list[dict[str, float]]:
-    p = out / "metrics.csv"
-    if not p.exists():
-        return []
-    with open(p, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _run_json(cfg: TrainConfig, data: DataSet, pp: Preprocess, head: str, device: str,
-              amp_dtype: torch.dtype | None, n_trainable: int, report: DataReport | None) -> dict[str, Any]:
-    return {
-        "schema_version": 1, "edgetl_version": __version__,
-        "model": cfg.model, "classes": list(data.classes), "num_classes": len(data.classes),
-        "preprocess": pp.to_dict(), "strategy": cfg.strategy, "head": head,
-        "data": {"source": data.name, "train_images": len(data.train), "val_images": len(data.val),
-                 "val_split": cfg.val_split, "seed": cfg.seed,
-                 "skipped": report.skipped if report else [], "check": "data_check.json" if report else None},
-        "device": device, "amp": _amp_name(amp_dtype), "trainable_tensors": n_trainable,
-        "config": cfg.to_dict(),
-    }
-
-
-def _with_metrics(run: dict[str, Any], state: dict[str, Any], status: str) -> dict[str, Any]:
-    return {**run, "status": status, "best_epoch": state["best_epoch"],
-            "metrics": {"val_top1": state["best_top1"], "val_top5": state["best_top5"], "epochs": state["epoch"]}}
-
-
-def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
-    """The run's own configuration; ``epochs`` is the new total and must exceed the epochs already done."""
-    info = read_run(run)
-    cfg = TrainConfig.from_dict(info.config)
-    cfg.out = str(run)
-    done = info.metrics.get("epochs")
-    if epochs is not None:
-        if isinstance(done, int) and epochs <= done:
-            raise UsageError(f"{run}: has trained {done} epoch(s) already; with --resume, --epochs is the new total, "
-                             f"so pass more than {done} to train further")
-        cfg.epochs = epochs
-    return cfg
 
 
 class _Signals:
