@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import CIFAR, make_image_folder, needs_cifar
 from edgetl.data.sources import load_data, scan_image_folder, stratified_split
 from edgetl.errors import DataError
-from edgetl.images import Preprocess, load_rgb
+from edgetl.images import load_rgb
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares() -> None:
@@ -108,10 +108,3 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(DataError, match="bomb.png: image too large"):
         load_rgb(p)
-
-
-def test_preprocess_round_trips_and_rescales() -> None:
-    pp = Preprocess.from_crop_pct(224, 0.875, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    assert (pp.size, pp.resize) == (224, 256)
-    assert Preprocess.from_dict(pp.to_dict()) == pp
-    assert (pp.with_size(64).size, pp.with_size(64).resize) == (64, 73)

@@ -7,6 +7,7 @@ Every import statement counts, at module level or inside a function: a lazy impo
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,12 @@ def test_an_onnx_predictor_runs_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_the_readme_code_map_matches_the_tree() -> None:
+    """One row per module in README's "Code map", no row for a module that is gone."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Code map"):]
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", table, flags=re.M))
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(modules - listed) == [] and sorted(listed - modules) == []

@@ -4,13 +4,13 @@ does where PyTorch is missing), and the real batches the timed inputs rotate ove
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..images import ImageSource, Preprocess, load_rgb
 from ..metrics import EvalResult, Scorer
+from ..runtime.base import Runner
 from .config import ACCURACY_BATCH, POOL_BATCHES
 from .plan import Target
 
@@ -83,7 +83,7 @@ def _preprocess(items: list[ImageSource], pp: Preprocess, torch_ok: bool) -> np.
     return np.stack([pp.to_array(load_rgb(s)) for s in items])
 
 
-def accuracy(runner: Any, items: list[ImageSource], labels: list[int], pp: Preprocess, num_classes: int,
+def accuracy(runner: Runner, items: list[ImageSource], labels: list[int], pp: Preprocess, num_classes: int,
              torch_ok: bool) -> EvalResult:
     """Top-1/top-5 of any runner: `edgetl eval`'s code path with PyTorch, the deploy preprocessing without."""
     if torch_ok:

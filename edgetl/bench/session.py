@@ -16,6 +16,7 @@ from .. import __version__, machine
 from ..errors import EdgetlError, UsageError, one_line
 from ..images import ImageSource
 from ..metrics import EvalResult
+from ..runtime.base import Runner
 from ..runtime.verify import file_sha256
 from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig, Log
 from .environment import environment
@@ -96,7 +97,7 @@ class Live:
 
     target: Target
     item: Item
-    runner: Any
+    runner: Runner
     acc: EvalResult
     numerics: str
     timer: str
@@ -278,7 +279,7 @@ class _Session:
             lv.runner.close()
 
 
-def _accuracy_runner(runner: Any) -> tuple[Any, str]:
+def _accuracy_runner(runner: Runner) -> tuple[Runner, str]:
     """The runner whose numbers count for accuracy, and which numerics those are. A TensorRT-layout INT8
     file on a CPU is judged in float simulation (what TensorRT approximates), never by the host's
     integer kernels; latency is still timed on ``runner``."""

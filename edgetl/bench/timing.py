@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..images import Preprocess, load_rgb
+from ..runtime.base import Runner
 from .config import MAX_ROUND_SECONDS
 
 BUSY = 0.10  # share of CPU time taken by others while timing above which the report warns
@@ -21,7 +22,7 @@ BUSY = 0.10  # share of CPU time taken by others while timing above which the re
 Timed = Callable[[int], float]  # i -> milliseconds of the i-th call
 
 
-def host_timer(runner: Any, batches: list[np.ndarray]) -> Timed:
+def host_timer(runner: Runner, batches: list[np.ndarray]) -> Timed:
     def timed(i: int) -> float:
         x = batches[i % len(batches)]
         t0 = time.perf_counter_ns()
@@ -30,7 +31,7 @@ def host_timer(runner: Any, batches: list[np.ndarray]) -> Timed:
     return timed
 
 
-def cuda_event_timer(runner: Any, batches: list[np.ndarray]) -> Timed:
+def cuda_event_timer(runner: Runner, batches: list[np.ndarray]) -> Timed:
     """PyTorch on CUDA: inputs already on the device, the model's own time between two CUDA events."""
     import torch
 
@@ -47,7 +48,7 @@ def cuda_event_timer(runner: Any, batches: list[np.ndarray]) -> Timed:
     return timed
 
 
-def e2e_timer(runner: Any, files: list[Path], batch_size: int, pp: Preprocess) -> Timed:
+def e2e_timer(runner: Runner, files: list[Path], batch_size: int, pp: Preprocess) -> Timed:
     """Decode + the deploy preprocessing of `edgetl predict` + inference, from image files."""
     def timed(i: int) -> float:
         chosen = [files[(i * batch_size + j) % len(files)] for j in range(batch_size)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -14,6 +14,10 @@ from .. import limits
 from ..choices import CacheMode, Device, Optimizer, Strategy
 from .app import app, err_console, out_console, run_command
 from .render import print_eval
+
+if TYPE_CHECKING:  # the trainer imports torch; --help must not
+    from ..train.config import TrainConfig
+    from ..train.loop import Summary
 
 
 def _default_out(model: str, data: str) -> Path:
@@ -67,8 +71,8 @@ def finetune(
 
     def body() -> None:
         from ..errors import UsageError
-        from ..train.config import TrainConfig
         from ..train.checkpoint import resume_config
+        from ..train.config import TrainConfig
 
         if resume is not None:
             changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS
@@ -105,7 +109,7 @@ def _from_command_line(ctx: typer.Context, param: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def train_with_display(cfg: Any, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Any:
+def train_with_display(cfg: TrainConfig, resume: bool, quiet: bool, as_json: bool, check: str = "skip") -> Summary:
     from ..train.loop import finetune as run_finetune
     from .progress import QuietHooks, RichHooks, summary_table
 

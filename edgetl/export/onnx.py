@@ -23,6 +23,7 @@ from ..data.sources import Split, eval_transform, make_loader
 from ..errors import ArtifactError
 from ..fileio import atomic_write_bytes
 from ..images import Preprocess
+from ..runtime.base import Runner
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -131,7 +132,7 @@ def verify_against_torch(onnx_path: Path, model: nn.Module, x: np.ndarray) -> di
     return {"images": len(x), "max_abs_diff": diff, "top1_agreement": agree}
 
 
-def agreement(ref_runner: Any, runner: Any, x: np.ndarray) -> dict[str, float]:
+def agreement(ref_runner: Runner, runner: Runner, x: np.ndarray) -> dict[str, float]:
     ref, got = ref_runner.run(x), runner.run(x)
     return {"images": len(x), "max_abs_diff": float(np.abs(got - ref).max()),
             "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
