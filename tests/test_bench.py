@@ -17,7 +17,8 @@ from PIL import Image
 
 from edgetl.bench.config import BACKENDS, SCHEMA_VERSION, BenchConfig, parse_backends, parse_batch_sizes
 from edgetl.bench.environment import environment
-from edgetl.bench.gate import gate, load_report
+from edgetl.bench.gate import gate
+from edgetl.bench.schema import Report, Row, load_report
 from edgetl.bench.report import markdown
 from edgetl.bench.session import ROW_FIELDS, run_bench
 from edgetl.errors import ArtifactError, UsageError
@@ -48,7 +49,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tiny: Path) -> dict:
+def report(tiny: Path) -> Report:
     return run_bench(BenchConfig([str(tiny)], batch_sizes=(1, 4), warmup=1, iters=5, roofline=True))
 
 
@@ -60,20 +61,20 @@ def _scale(rows: list[dict], factor: float) -> None:
             r["p50_rounds_ms"] = [v * factor for v in r["p50_rounds_ms"]]
 
 
-def _rows(report: dict, backend: str) -> list[dict]:
-    return [r for r in report["rows"] if r["backend"] == backend]
+def _rows(report: Report, backend: str) -> list[dict]:
+    return [r for r in report.rows if r["backend"] == backend]
 
 
-def test_every_row_has_the_schema_fields(report: dict) -> None:
-    assert report["schema_version"] == SCHEMA_VERSION
-    env = report["environment"]
+def test_every_row_has_the_schema_fields(report: Report) -> None:
+    assert report.schema_version == SCHEMA_VERSION and report.to_dict()["schema_version"] == SCHEMA_VERSION
+    env = report.environment
     for key in ("cpu", "gpus", "versions", "onnxruntime_providers", "tensorrt", "fingerprint", "fingerprint_fields"):
         assert key in env, key
     assert env["cpu"]["threads"] >= 1 and env["versions"]["onnxruntime"] and env["versions"]["torch"]
-    c = report["contention"]
+    c = report.contention
     assert c is None or (0 <= c["other_processes"] <= 1 and 0 <= c["steal"] <= 1 and c["seconds"] > 0)
-    assert [r["backend"] for r in report["rows"]] == [b for b in BACKENDS for _ in (1, 4)]
-    for row in report["rows"]:
+    assert [r["backend"] for r in report.rows] == [b for b in BACKENDS for _ in (1, 4)]
+    for row in report.rows:
         assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
         if row["backend"].startswith("trt"):
             continue
@@ -84,10 +85,10 @@ def test_every_row_has_the_schema_fields(report: dict) -> None:
         assert row["size_mb"] > 0 and len(row["sha256"]) == 64 and row["device"] == "cpu"
         assert row["gflops"] > 0 and 0 < row["peak_fraction"] and row["peak_kind"].startswith("cpu")
     assert all(r["speedup"] == 1.0 for r in _rows(report, "torch"))
-    assert report["roofline"]["peaks"]["cpu"]["fp32"]["gflops"] > 0
+    assert report.roofline["peaks"]["cpu"]["fp32"]["gflops"] > 0
 
 
-def test_accuracy_rows_agree_with_eval_and_onnxruntime(report: dict, tiny: Path) -> None:
+def test_accuracy_rows_agree_with_eval_and_onnxruntime(report: Report, tiny: Path) -> None:
     from edgetl.evaluate import evaluate_run
 
     _, res, _ = evaluate_run(tiny)
@@ -104,7 +105,7 @@ def test_accuracy_rows_agree_with_eval_and_onnxruntime(report: dict, tiny: Path)
     assert _rows(report, "ort-fp32")[0]["top1"] == pytest.approx(res.top1, abs=0.3)  # at most one borderline image
 
 
-def test_backends_that_cannot_run_here_are_rows_with_a_reason(report: dict, tiny: Path, tmp_path: Path) -> None:
+def test_backends_that_cannot_run_here_are_rows_with_a_reason(report: Report, tiny: Path, tmp_path: Path) -> None:
     from edgetl.runtime.tensorrt import available
 
     trt_ok, _ = available()
@@ -119,7 +120,7 @@ def test_backends_that_cannot_run_here_are_rows_with_a_reason(report: dict, tiny
     (run / "export" / "model.int8.onnx").write_bytes(b"not an onnx file")
     rep = run_bench(BenchConfig([str(run)], backends=("ort-fp32", "ort-fp16", "ort-int8"), batch_sizes=(1,),
                                 warmup=0, iters=2, e2e=False, verify=False))  # verified, it is refused whole
-    status = {r["backend"]: r["status"] for r in rep["rows"]}
+    status = {r["backend"]: r["status"] for r in rep.rows}
     assert status["ort-fp32"] == "ok"
     assert status["ort-fp16"].startswith("skipped: no model.fp16.onnx") and "--fp16" in status["ort-fp16"]
     assert status["ort-int8"].startswith("failed: ") and "model.int8.onnx" in status["ort-int8"]
@@ -132,57 +133,57 @@ def test_onnxruntime_on_cuda_without_a_cuda_provider_is_skipped(tiny: Path) -> N
         pytest.skip("onnxruntime-gpu is installed here: the row would run")
     rep = run_bench(BenchConfig([str(tiny / "export" / "model.onnx")], backends=("ort-fp32",), batch_sizes=(1,),
                                 device="cuda", warmup=0, iters=2, e2e=False))
-    assert [r["status"] for r in rep["rows"]] == ["skipped: ONNX Runtime has no CUDA provider here; "
+    assert [r["status"] for r in rep.rows] == ["skipped: ONNX Runtime has no CUDA provider here; "
                                                   "pip install 'edgetl[gpu]' (onnxruntime-gpu)"]
 
 
-def test_gate_passes_against_itself_and_fails_against_doctored_baselines(report: dict) -> None:
-    env = report["environment"]
-    same = gate(report["rows"], env, report, "self", 0.10, 1.0)
+def test_gate_passes_against_itself_and_fails_against_doctored_baselines(report: Report) -> None:
+    env = report.environment
+    same = gate(report.rows, env, report, "self", 0.10, 1.0)
     assert same.passed and same.compared == 8 and same.fingerprint_match
-    faster = copy.deepcopy(report)
+    faster = copy.deepcopy(report.to_dict())
     _scale(faster["rows"], 0.5)
-    slow = gate(report["rows"], env, faster, "faster", 0.10, 1.0)
+    slow = gate(report.rows, env, Report.from_dict(faster), "faster", 0.10, 1.0)
     assert not slow.passed and {f["kind"] for f in slow.failures} == {"latency"} and len(slow.failures) == 8
     assert "+100.0%" in slow.failures[0]["reason"]
-    better = copy.deepcopy(report)
+    better = copy.deepcopy(report.to_dict())
     for r in better["rows"]:
         if r["top1"] is not None:
             r["top1"] += 5.0
-    worse = gate(report["rows"], env, better, "better", 0.10, 1.0)
+    worse = gate(report.rows, env, Report.from_dict(better), "better", 0.10, 1.0)
     assert {f["kind"] for f in worse.failures} == {"accuracy"} and "-5.00 points" in worse.failures[0]["reason"]
     # a row that ran in the baseline and does not run now is a regression too
-    broken = copy.deepcopy(report["rows"])
+    broken = [r.to_dict() for r in report.rows]
     broken[2]["status"] = "failed: ONNX Runtime cannot load it"
     gone = gate(broken, env, report, "self", 0.10, 1.0)
     assert [f["kind"] for f in gone.failures] == ["status"]
 
 
-def test_gate_judges_the_fastest_round_against_the_baseline_noise(report: dict) -> None:
-    env = report["environment"]
-    base = copy.deepcopy(report)
-    now = copy.deepcopy(report["rows"])
+def test_gate_judges_the_fastest_round_against_the_baseline_noise(report: Report) -> None:
+    env = report.environment
+    base = copy.deepcopy(report.to_dict())
+    now = [r.to_dict() for r in report.rows]
     for b, r in zip(base["rows"], now):
         if r["p50_ms"] is not None:
             b["p50_ms"], b["p50_rounds_ms"] = 1.0, [1.0, 1.02, 1.01]
             r["p50_ms"], r["p50_rounds_ms"] = 3.0, [3.0, 1.05, 3.1]  # a neighbour slowed two rounds down
-    judged = gate(now, env, base, "base", 0.10, 1.0)
+    judged = gate(now, env, Report.from_dict(base), "base", 0.10, 1.0)
     assert judged.passed and judged.compared == 8 and not judged.notes
     for r in now:
         if r["p50_ms"] is not None:
             r["p50_rounds_ms"] = [1.2, 1.15, 1.3]  # every round slower: a real regression
-    slower = gate(now, env, base, "base", 0.10, 1.0)
+    slower = gate(now, env, Report.from_dict(base), "base", 0.10, 1.0)
     assert len(slower.failures) == 8 and "fastest round 1.150 ms vs 1.000 ms (+15.0%" in slower.failures[0]["reason"]
     for b in base["rows"]:
         if b["p50_ms"] is not None:
             b["p50_rounds_ms"] = [1.0, 1.5, 1.2]
-    noisy = gate(now, env, base, "base", 0.10, 1.0)  # +15% is inside the baseline's own +50% spread
+    noisy = gate(now, env, Report.from_dict(base), "base", 0.10, 1.0)  # +15% is inside the baseline's own +50% spread
     assert noisy.passed and "the baseline's own rounds varied by more than the +10% limit" in noisy.notes[0]
     assert "+50%" in noisy.notes[0]
     for r in now:
         if r["p50_ms"] is not None:
             r["p50_rounds_ms"] = [1.6, 1.7, 1.65]  # slower than every baseline round, too
-    assert len(gate(now, env, base, "base", 0.10, 1.0).failures) == 8
+    assert len(gate(now, env, Report.from_dict(base), "base", 0.10, 1.0).failures) == 8
 
 
 def test_cpu_meter_counts_other_processes_not_this_one() -> None:
@@ -210,17 +211,17 @@ def test_cpu_meter_counts_other_processes_not_this_one() -> None:
     assert own.to_dict()["other_processes"] * cpus < meter.to_dict()["other_processes"] * cpus - 0.4
 
 
-def test_gate_does_not_compare_rows_from_another_machine(report: dict) -> None:
-    other = copy.deepcopy(report)
+def test_gate_does_not_compare_rows_from_another_machine(report: Report) -> None:
+    other = copy.deepcopy(report.to_dict())
     other["environment"]["fingerprint"] = "0123456789abcdef"
     other["environment"]["fingerprint_fields"]["cpu"] = "Some Other CPU"
     _scale(other["rows"], 0.1)
-    result = gate(report["rows"], report["environment"], other, "other.json", 0.10, 1.0)
+    result = gate(report.rows, report.environment, Report.from_dict(other), "other.json", 0.10, 1.0)
     assert not result.passed and result.compared == 0 and not result.fingerprint_match  # fails closed
     assert "another machine" in result.notes[0] and "Some Other CPU" in result.notes[0]
 
 
-def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(report: dict) -> None:
+def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(report: Report) -> None:
     from rich.console import Console
 
     from edgetl.bench.report import table
@@ -232,12 +233,12 @@ def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(
 
     wide, narrow = render(250), render(120)
     assert "mean±std ms" in wide and "mean±std ms" not in narrow and "…" not in narrow
-    for r in report["rows"]:
+    for r in report.rows:
         if r["status"] == "ok":
             assert f"{r['p50_ms']:.3f}" in narrow and f"{r['top1']:.2f}" in narrow
 
 
-def test_markdown_is_a_table(report: dict) -> None:
+def test_markdown_is_a_table(report: Report) -> None:
     text = markdown(report)
     table = [ln for ln in text.splitlines() if ln.startswith("|")]
     header, rule, *body = table
@@ -255,14 +256,14 @@ def test_cli_writes_json_markdown_baseline_and_gates(tiny: Path, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     assert "edgetl bench" in r.stdout and "ort-fp32" in r.stdout and "baseline written" in r.stdout
     saved = load_report(base)
-    assert saved["rows"] == json.loads(doc.read_text())["rows"] and md.read_text().count("\n| ") == 4
+    assert saved.to_dict()["rows"] == json.loads(doc.read_text())["rows"] and md.read_text().count("\n| ") == 4
     # the same build against its own baseline; the latency limit is out of reach because a shared CI
     # machine can slow PyTorch's OpenMP threads down 100x (the false-alarm rate is measured in RESULTS.md)
     r = cli(*args, "--baseline", str(base), "--max-regression", "1000", "--rounds", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gate PASS" in r.stdout and "2 row(s) compared" in r.stdout
     # a doctored baseline: 10x faster and 5 points more accurate than this build
-    doctored = copy.deepcopy(saved)
+    doctored = copy.deepcopy(saved.to_dict())
     _scale(doctored["rows"], 0.1)
     for row in doctored["rows"]:
         if row["status"] == "ok":
@@ -362,7 +363,7 @@ def test_bench_without_pytorch_on_an_image_folder(tiny: Path, tmp_path: Path) ->
     code = (BLOCK_TORCH + "import json; from edgetl.bench.config import BenchConfig; from edgetl.bench.session import run_bench; "
             f"r = run_bench(BenchConfig([{str(tiny)!r}], data={str(tmp_path)!r}, backends=('torch', 'ort-fp32'), "
             "batch_sizes=(2,), warmup=1, iters=3)); "
-            "print(json.dumps([r['rows'], r['environment']['accuracy_preprocessing'], "
+            "print(json.dumps([r.to_dict()['rows'], r.environment['accuracy_preprocessing'], "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision') and sys.modules[m] is not None)]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -373,7 +374,7 @@ def test_bench_without_pytorch_on_an_image_folder(tiny: Path, tmp_path: Path) ->
     assert ort_row["status"] == "ok" and ort_row["images"] == 60 and ort_row["e2e_p50_ms"] > 0
     with_torch = run_bench(BenchConfig([str(tiny)], data=str(tmp_path), backends=("ort-fp32",), batch_sizes=(2,),
                                        warmup=0, iters=1, e2e=False))
-    assert ort_row["top1"] == pytest.approx(with_torch["rows"][0]["top1"], abs=100 / 60 + 1e-6)  # one image at most
+    assert ort_row["top1"] == pytest.approx(with_torch.rows[0]["top1"], abs=100 / 60 + 1e-6)  # one image at most
 
 
 def test_jetson_power_mode_and_clock_lock_enter_the_fingerprint(tmp_path: Path) -> None:
@@ -405,11 +406,11 @@ def test_jetson_power_mode_and_clock_lock_enter_the_fingerprint(tmp_path: Path) 
 @pytest.mark.gpu
 def test_pytorch_on_cuda_is_timed_with_cuda_events(tiny: Path) -> None:
     rep = run_bench(BenchConfig([str(tiny)], backends=("torch",), batch_sizes=(1, 4), warmup=2, iters=5, e2e=False))
-    for row in rep["rows"]:
+    for row in rep.rows:
         assert row["status"] == "ok" and row["device"] == "cuda" and row["timer"] == "cuda-event"
         assert 0 < row["p50_ms"] <= row["p99_ms"]
-    gpu = rep["environment"]["gpus"][0]
-    assert gpu["name"] and gpu["compute_capability"] and rep["environment"]["fingerprint_fields"]["gpus"]
+    gpu = rep.environment["gpus"][0]
+    assert gpu["name"] and gpu["compute_capability"] and rep.environment["fingerprint_fields"]["gpus"]
 
 
 @pytest.mark.tensorrt
@@ -421,10 +422,22 @@ def test_engines_built_here_get_rows_with_accuracy_and_latency(tiny: Path, tmp_p
     build_engine(run / "export" / "model.int8.onnx", run / "export" / "model.int8.engine", "int8", max_batch=8)
     rep = run_bench(BenchConfig([str(run)], backends=("ort-int8", "trt-int8", "trt-fp16"), batch_sizes=(1, 8),
                                 warmup=2, iters=5))
-    rows = {(r["backend"], r["batch_size"]): r for r in rep["rows"]}
+    rows = {(r["backend"], r["batch_size"]): r for r in rep.rows}
     for bs in (1, 8):
         trt, ort_row = rows[("trt-int8", bs)], rows[("ort-int8", bs)]
         assert trt["status"] == "ok" and trt["device"] == "cuda" and trt["artifact"] == "model.int8.engine"
         assert trt["top1"] == pytest.approx(ort_row["top1"], abs=2.0) and trt["p50_ms"] > 0
         assert rows[("trt-fp16", bs)]["status"].startswith("skipped: no model.fp16.engine")
-    assert rep["environment"]["tensorrt"]["usable"] and rep["environment"]["versions"]["tensorrt"]
+    assert rep.environment["tensorrt"]["usable"] and rep.environment["versions"]["tensorrt"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks").glob("*/*.json")), ids=lambda p: p.name)
+def test_committed_reports_read_as_typed_reports_and_write_back_unchanged(path: Path, tmp_path: Path) -> None:
+    """The baselines and saved reports are golden files: schema v1 read into `Report` and written again is
+    the same file, byte for byte, including fields an older edgetl did not write."""
+    report = load_report(path)
+    assert report.rows and all(isinstance(r, Row) for r in report.rows) and report.schema_version == 1
+    assert isinstance(report.rows[0].batch_size, int) and report.environment["fingerprint"]
+    report.save(tmp_path / path.name)
+    assert (tmp_path / path.name).read_bytes() == path.read_bytes()
+

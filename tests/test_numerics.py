@@ -87,6 +87,7 @@ def test_fingerprints_that_differ_only_in_isa_flags_do_not_match(tmp_path: Path)
     """Two EPYCs with one model name, one with AVX-512 VNNI and one AVX2-only, are two machines."""
     from edgetl.bench.environment import environment
     from edgetl.bench.gate import gate
+    from edgetl.bench.schema import Report
 
     def machine(flags: str) -> Path:
         root = tmp_path / flags.replace(" ", "_")
@@ -101,10 +102,11 @@ def test_fingerprints_that_differ_only_in_isa_flags_do_not_match(tmp_path: Path)
     assert "avx512_vnni" in vnni["fingerprint_fields"]["isa"] and "avx512_vnni" not in avx2["fingerprint_fields"]["isa"]
     row = {"artifact": "model.onnx", "backend": "ort-fp32", "precision": "fp32", "batch_size": 1, "device": "cpu",
            "status": "ok", "p50_ms": 0.36, "p50_rounds_ms": [0.36], "top1": 98.0}
-    result = gate([{**row, "p50_ms": 0.78, "p50_rounds_ms": [0.78]}], avx2, {"environment": vnni, "rows": [row]},
-                  "vnni.json", 0.10, 1.0)
+    baseline = Report.from_dict({"schema_version": 1, "environment": vnni, "rows": [row]})
+    result = gate([{**row, "p50_ms": 0.78, "p50_rounds_ms": [0.78]}], avx2, baseline, "vnni.json", 0.10, 1.0)
     assert result.compared == 0 and "isa" in result.notes[0]
     old = {k: v for k, v in vnni["fingerprint_fields"].items() if k not in ("version", "isa")}
-    result = gate([row], avx2, {"environment": {"fingerprint": "0123", "fingerprint_fields": old}, "rows": [row]},
-                  "old.json", 0.10, 1.0)
+    baseline = Report.from_dict({"schema_version": 1, "rows": [row],
+                                 "environment": {"fingerprint": "0123", "fingerprint_fields": old}})
+    result = gate([row], avx2, baseline, "old.json", 0.10, 1.0)
     assert result.compared == 0 and "version 1 machine fingerprint" in result.notes[0]

@@ -222,7 +222,7 @@ def test_manifest_values_are_checked_before_anything_is_allocated(exported: Path
 
 
 def test_a_baseline_with_zero_or_unknown_latencies_is_refused(tiny_export: Path, tmp_path: Path) -> None:
-    from edgetl.bench.gate import load_report
+    from edgetl.bench.schema import load_report
 
     doc = {"schema_version": 1, "environment": {}, "rows": [
         {"artifact": "model.onnx", "backend": "ort-fp32", "precision": "fp32", "batch_size": 1, "device": "cpu",

@@ -3,22 +3,18 @@ the same machine fingerprint, judged on their fastest round; it fails closed whe
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ArtifactError, UsageError
-from .config import SCHEMA_VERSION
+from ..errors import UsageError
 from .environment import FINGERPRINT_VERSION
 
+if TYPE_CHECKING:
+    from .schema import Report
+
 GATE_EMPTY_EXIT = 5  # `edgetl bench --baseline` compared no row (other machine, no common rows, all failed)
-
-
 RECHECKS = 2  # times a row over the latency limit gets GATE_ROUNDS more rounds before it is judged
-
-
 ROW_KEY = ("artifact", "backend", "precision", "batch_size", "device")
 
 
@@ -43,44 +39,13 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
-
-def load_report(path: Path) -> dict[str, Any]:
-    """An earlier ``--json`` report (a baseline), checked for the fields the gate reads."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such baseline (write one with --save-baseline)") from None
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable bench report ({e})") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or not isinstance(doc.get("environment"), dict):
-        raise ArtifactError(f"{path}: not an edgetl bench report (no rows or environment)")
-    version = doc.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ArtifactError(f"{path}: bench schema_version {version!r}; this edgetl reads 1..{SCHEMA_VERSION}")
-    for i, row in enumerate(doc["rows"]):
-        why = _bad_row(row)
-        if why:
-            raise ArtifactError(f"{path}: row {i} {why}; not a report edgetl wrote")
-    return doc
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GateResult:
+        """As a report holds it; ``passed`` is recomputed, not trusted."""
+        return cls(**{k: v for k, v in d.items() if k != "passed"})
 
 
-def _bad_row(row: Any) -> str | None:
-    """Why a baseline row cannot be gated on (a latency of 0 would divide by zero), or None."""
-    if not isinstance(row, dict) or not all(isinstance(row.get(k), (str, int, type(None))) for k in ROW_KEY):
-        return "is not a bench row"
-    if row.get("status") != "ok":
-        return None
-    times = [row.get("p50_ms"), *(row.get("p50_rounds_ms") or [])]
-    if not all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in times):
-        return f"has latencies {times!r}, not positive numbers of milliseconds"
-    top1 = row.get("top1")
-    if top1 is not None and not (isinstance(top1, (int, float)) and math.isfinite(top1)):
-        return f"has top-1 {top1!r}, not a number"
-    return None
-
-
-def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, Any], name: str,
+def gate(rows: Sequence[Mapping[str, Any]], env: dict[str, Any], baseline: Report, name: str,
          max_regression: float, max_drop: float, allow_empty: bool = False) -> GateResult:
     """Compare rows with the baseline's rows of the same key, on the same machine only.
 
@@ -89,7 +54,7 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
     within the baseline's own round-to-round spread is noise, not evidence), when its top-1 fell by more
     than ``max_drop`` points, or when it ran in the baseline and does not run now.
     """
-    base_env = baseline["environment"]
+    base_env = baseline.environment
     result = GateResult(name, base_env.get("fingerprint") == env["fingerprint"], max_regression, max_drop,
                         allow_empty=allow_empty)
     base_fields = base_env.get("fingerprint_fields") or {}
@@ -104,7 +69,7 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
                             f"{env['fingerprint']} here: {differs}); rows not compared. "
                             "Record this machine's baseline with --save-baseline")
         return result
-    base = _index(baseline["rows"], name)
+    base = _index(baseline.rows, name)
     now = _index(rows, "this run")
     new: list[str] = []
     noisy: list[str] = []
@@ -151,13 +116,13 @@ def gate(rows: list[dict[str, Any]], env: dict[str, Any], baseline: dict[str, An
     return result
 
 
-def best_round_ms(row: dict[str, Any]) -> float:
+def best_round_ms(row: Mapping[str, Any]) -> float:
     """The statistic the gate compares: the fastest round's median (p50 for a report without rounds)."""
     return float(min(row.get("p50_rounds_ms") or [row["p50_ms"]]))
 
 
-def _index(rows: list[dict[str, Any]], name: str) -> dict[tuple, dict[str, Any]]:
-    out: dict[tuple, dict[str, Any]] = {}
+def _index(rows: Sequence[Mapping[str, Any]], name: str) -> dict[tuple, Mapping[str, Any]]:
+    out: dict[tuple, Mapping[str, Any]] = {}
     for row in rows:
         key = key_of(row)
         if key in out:
@@ -167,11 +132,11 @@ def _index(rows: list[dict[str, Any]], name: str) -> dict[tuple, dict[str, Any]]
     return out
 
 
-def key_of(row: dict[str, Any]) -> tuple:
+def key_of(row: Mapping[str, Any]) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
 
-def row_label(row: dict[str, Any]) -> str:
+def row_label(row: Mapping[str, Any]) -> str:
     return f"{row.get('backend')} {row.get('artifact') or '-'} batch {row.get('batch_size')} ({row.get('device') or '-'})"
 
 

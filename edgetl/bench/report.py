@@ -1,19 +1,14 @@
 """A report for people: the terminal table, the environment and settings lines, the gate verdict, and
-the markdown that RESULTS.md quotes; plus writing the JSON."""
+the markdown that RESULTS.md quotes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_json
 from .gate import row_label
+from .schema import Report
 from .timing import BUSY, busy_share
-
-
-def save_report(path: Path, report: dict[str, Any]) -> None:
-    atomic_write_json(Path(path), report)
 
 
 COLUMNS = (  # (header, row -> text); the terminal table and the markdown share them
@@ -43,19 +38,19 @@ def _f(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+def _columns(report: Report) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     cols = list(COLUMNS)
-    if len(report["targets"]) > 1:
+    if len(report.targets) > 1:
         cols.insert(0, ("run", lambda r: r["run"]))
-    if report["roofline"]:
+    if report.roofline:
         cols.extend(ROOFLINE_COLUMNS)
     return [*cols, ("status", lambda r: r["status"])]
 
 
-def _display_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+def _display_rows(report: Report) -> list[dict[str, Any]]:
     """Rows that did not run are shown once, not once per batch size."""
     shown, seen = [], set()
-    for r in report["rows"]:
+    for r in report.rows:
         if r["status"] != "ok":
             key = (r["run"], r["backend"], r["artifact"])
             if key in seen:
@@ -66,8 +61,8 @@ def _display_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return shown
 
 
-def environment_line(report: dict[str, Any]) -> str:
-    env = report["environment"]
+def environment_line(report: Report) -> str:
+    env = report.environment
     cpu, v = env["cpu"], env["versions"]
     parts = [f"{cpu['model']} ({cpu['usable_cores']} cores, {cpu['threads']} threads)"]
     parts += [f"{g['name']} (driver {g['driver'] or '?'})" for g in env["gpus"]]
@@ -80,15 +75,15 @@ def environment_line(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def settings_line(report: dict[str, Any]) -> str:
-    s = report["settings"]
+def settings_line(report: Report) -> str:
+    s = report.settings
     how = f"{s['iters']} iterations" if s["iters"] else f">= {s['min_samples']} samples and >= {s['min_seconds']:g} s"
     line = (f"warm-up {s['warmup']}, {how} per row, {s['rounds']} round(s), p50 = median of round medians; "
-            f"accuracy preprocessing: {report['environment']['accuracy_preprocessing']}")
-    if any(r.get("numerics") == "simulated" for r in report["rows"]):
+            f"accuracy preprocessing: {report.environment['accuracy_preprocessing']}")
+    if any(r.get("numerics") == "simulated" for r in report.rows):
         line += ("; ˢ TensorRT-layout INT8 accuracy in float simulation of its Q/DQ nodes (what TensorRT "
                  "approximates), never with this CPU's integer kernels; its latency is ONNX Runtime's own")
-    c = report.get("contention")
+    c = report.contention
     if c:
         line += (f"; while timing, other processes took {c['other_processes']:.0%} of the CPU time"
                  f" (steal {c['steal']:.0%})" + (": latencies inflated" if busy_share(c) > BUSY else ""))
@@ -98,7 +93,7 @@ def settings_line(report: dict[str, Any]) -> str:
 OPTIONAL = ("mean±std ms", "p90 ms", "e2e p50 ms", "GFLOP/s", "MB", "% of peak")  # dropped first, in this order
 
 
-def table(report: dict[str, Any], width: int | None = None) -> Any:
+def table(report: Report, width: int | None = None) -> Any:
     """The rich table of every row; on a terminal narrower than all columns, the OPTIONAL ones are left out
     (the JSON and markdown keep them) rather than every number being cut to an ellipsis."""
     from rich.markup import escape
@@ -126,30 +121,30 @@ def table(report: dict[str, Any], width: int | None = None) -> Any:
     return t
 
 
-def gate_lines(report: dict[str, Any]) -> list[str]:
+def gate_lines(report: Report) -> list[str]:
     """What the gate decided, one line each: the verdict, then the offending rows, then notes."""
-    g = report["gate"]
+    g = report.gate
     if g is None:
         return []
-    verdict = "PASS" if g["passed"] else "FAIL" if g["failures"] else "FAIL (nothing compared)"
-    lines = [f"gate {verdict} against {g['baseline']}: {g['compared']} row(s) compared, "
-             f"{len(g['failures'])} offending (limits: latency +{g['max_regression']:.0%}, top-1 -{g['max_drop']:.2f} points)"]
-    lines += [f"  {row_label(f)}: {f['reason']}" for f in g["failures"]]
-    lines += [f"  note: {n}" for n in g["notes"]]
+    verdict = "PASS" if g.passed else "FAIL" if g.failures else "FAIL (nothing compared)"
+    lines = [f"gate {verdict} against {g.baseline}: {g.compared} row(s) compared, "
+             f"{len(g.failures)} offending (limits: latency +{g.max_regression:.0%}, top-1 -{g.max_drop:.2f} points)"]
+    lines += [f"  {row_label(f)}: {f['reason']}" for f in g.failures]
+    lines += [f"  note: {n}" for n in g.notes]
     return lines
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: Report) -> str:
     """A pull-request-ready table, with the environment and the gate's verdict."""
     cols = _columns(report)
-    out = [f"**edgetl bench** ({report['created']}): {environment_line(report)}", "",
+    out = [f"**edgetl bench** ({report.created}): {environment_line(report)}", "",
            f"_{settings_line(report)}_", "",
            "| " + " | ".join(h for h, _ in cols) + " |",
            "|" + "|".join("---" if h in ("run", "backend", "artifact", "status") else "---:" for h, _ in cols) + "|"]
     for r in _display_rows(report):
         out.append("| " + " | ".join(fn(r).replace("|", "\\|") for _, fn in cols) + " |")
-    if report["roofline"]:
-        peaks = report["roofline"]["peaks"]
+    if report.roofline:
+        peaks = report.roofline["peaks"]
         out += ["", "Matrix-multiply peaks: " + "; ".join(f"{dev} {kind} {p['gflops']:.0f} GFLOP/s ({p['method']})"
                                                          for dev, kinds in peaks.items() for kind, p in kinds.items())]
     lines = gate_lines(report)

@@ -20,10 +20,10 @@ from ..runtime.base import Runner
 from ..runtime.verify import file_sha256
 from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig, Log
 from .environment import environment
-from .gate import RECHECKS, gate, key_of, load_report
+from .gate import RECHECKS, gate, key_of
 from .inputs import Inputs, accuracy, have_torch, validation_images
 from .plan import Item, Target, plan, planned_device
-from .report import save_report
+from .schema import ROW_FIELDS, Report, load_report
 from .timing import (
     BUSY,
     CpuMeter,
@@ -37,16 +37,7 @@ from .timing import (
     sample,
 )
 
-ROW_FIELDS = (
-    "run", "model", "backend", "runtime", "precision", "device", "artifact", "sha256", "batch_size", "status",
-    "top1", "top5", "delta_top1", "images", "numerics",
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "samples", "p50_rounds_ms", "timer",
-    "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_mean_ms", "e2e_std_ms", "e2e_throughput", "e2e_samples",
-    "size_mb", "speedup", "gflops", "peak_gflops", "peak_kind", "peak_fraction",
-)
-
-
-def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, log: Log | None = None) -> Report:
     """Measure every row, gate against the baseline when one is given, return the report (see README).
 
     With ``save_baseline`` the report is written there too, unless the gate failed: a regression must
@@ -86,9 +77,10 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                 report["roofline"] = _roofline(targets, rows, session.threads, session.log)
         finally:
             session.close()
-    if cfg.save_baseline and (report["gate"] is None or report["gate"]["passed"]):
-        save_report(Path(cfg.save_baseline), report)
-    return report
+    result = Report.from_dict(report)
+    if cfg.save_baseline and (result.gate is None or result.gate.passed):
+        result.save(Path(cfg.save_baseline))
+    return result
 
 
 @dataclass
@@ -208,7 +200,7 @@ class _Session:
                              f"p50 {np.median(samples):.3f} ms")
 
     def judge(self, targets: list[Target], rows: list[dict[str, Any]], env: dict[str, Any],
-              baseline: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              baseline: Report) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Gate the rows; rows over the latency limit get more rounds, up to RECHECKS times, and are judged
         on all of them (a real regression stays over the limit however often it is timed)."""
         cfg = self.cfg

@@ -118,7 +118,7 @@ def bench(
         from ..bench.config import BenchConfig, parse_backends, parse_batch_sizes
         from ..bench.report import gate_lines
         from ..bench.report import markdown as to_markdown
-        from ..bench.report import save_report, table
+        from ..bench.report import table
         from ..bench.session import run_bench
         from ..fileio import atomic_write_text
 
@@ -133,13 +133,13 @@ def bench(
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
         for i, line in enumerate(lines):
-            style = "" if i else "[bold green]" if report["gate"]["passed"] else "[bold red]"
+            style = "" if i else "[bold green]" if report.gate is not None and report.gate.passed else "[bold red]"
             out_console.print(f"{style}{escape(line)}", highlight=False, soft_wrap=True)
         if json_out:
-            save_report(json_out, report)
+            report.save(json_out)
         if markdown:
             atomic_write_text(markdown, to_markdown(report))
-        failed = report["gate"] is not None and not report["gate"]["passed"]
+        failed = report.gate is not None and not report.gate.passed
         if save_baseline:
             shown = escape(str(save_baseline))
             if failed:
@@ -149,6 +149,6 @@ def bench(
         if failed:
             from ..bench.gate import GATE_EMPTY_EXIT
 
-            raise typer.Exit(1 if report["gate"]["failures"] else GATE_EMPTY_EXIT)
+            raise typer.Exit(1 if report.gate.failures else GATE_EMPTY_EXIT)
 
     run_command(body)
