@@ -15,7 +15,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -100,10 +100,40 @@ def _triple(v: Any) -> tuple[float, float, float]:
     return t  # type: ignore[return-value]
 
 
-def _check_aspect(size: tuple[int, int], name: str) -> None:
+def env_limit(name: str, default: float) -> float:
+    """A size limit from the environment, refused (exit 2) unless it is a finite positive number."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name}={raw!r}: must be a finite positive number")
+    return value
+
+
+def max_pixels() -> int | None:
+    """The largest image (width x height) decoded: ``EDGETL_MAX_PIXELS``, else Pillow's decompression-bomb
+    limit (about 89 MP). Checked from the header, before any pixel is read."""
+    if "EDGETL_MAX_PIXELS" not in os.environ:
+        return Image.MAX_IMAGE_PIXELS
+    limit = int(env_limit("EDGETL_MAX_PIXELS", 0))
+    if Image.MAX_IMAGE_PIXELS and limit > Image.MAX_IMAGE_PIXELS:  # Pillow would refuse first
+        Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _check_size(size: tuple[int, int], name: str) -> None:
     w, h = size
-    if min(w, h) < 1 or max(w, h) / min(w, h) > MAX_ASPECT:
-        raise DataError(f"{name}: {w}x{h} px is more than {MAX_ASPECT:g} times longer than wide; refused before "
+    pixels = max_pixels()
+    if pixels and w * h > pixels:
+        raise DataError(f"{name}: image too large ({w}x{h}), refused as a possible decompression bomb "
+                        "(EDGETL_MAX_PIXELS raises the limit)")
+    limit = env_limit("EDGETL_MAX_ASPECT", MAX_ASPECT)
+    if min(w, h) < 1 or max(w, h) / min(w, h) > limit:
+        raise DataError(f"{name}: {w}x{h} px is more than {limit:g} times longer than wide; refused before "
                         "decoding (EDGETL_MAX_ASPECT raises the limit)")
 
 
@@ -119,7 +149,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 MAX_SIZE = 2048  # px: the largest input edgetl trains or reads from a record (`--img-size` has the same limit)
-MAX_ASPECT = float(os.environ.get("EDGETL_MAX_ASPECT", "20"))  # longer side / shorter side
+MAX_ASPECT = 20.0  # longer side / shorter side; EDGETL_MAX_ASPECT sets another
 
 
 def load_rgb(src: ImageSource) -> Image.Image:
@@ -127,7 +157,7 @@ def load_rgb(src: ImageSource) -> Image.Image:
     orientation says, with a clear error. An image more than MAX_ASPECT times longer than wide is
     refused from its header: resizing its short side to the model's input would take gigabytes."""
     if isinstance(src, Image.Image):
-        _check_aspect(src.size, "image")
+        _check_size(src.size, "image")
         return to_rgb(ImageOps.exif_transpose(src))
     if isinstance(src, np.ndarray):
         return to_rgb(Image.fromarray(src))
@@ -136,7 +166,7 @@ def load_rgb(src: ImageSource) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                _check_aspect(im.size, str(path))
+                _check_size(im.size, str(path))
                 im.load()
                 return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError as e:
@@ -144,7 +174,8 @@ def load_rgb(src: ImageSource) -> Image.Image:
     except PermissionError as e:
         raise DataError(f"{path}: permission denied, not readable by this user") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: image too large, refused as a possible decompression bomb") from e
+        raise DataError(f"{path}: image too large, refused as a possible decompression bomb "
+                        "(EDGETL_MAX_PIXELS raises the limit)") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not an image file PIL can read") from e
     except (OSError, SyntaxError, ValueError) as e:

@@ -399,3 +399,20 @@ def test_a_checkpoint_that_does_not_fit_says_why(tiny_run: Path, tmp_path: Path)
     assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
     assert f"{run / 'best.pt'}: does not fit model timm/test_resnet" in r.stderr
     assert f"size mismatch for {key}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_pixel_and_aspect_limits_are_configurable_and_checked(tiny_export: Path, image: Path) -> None:
+    """EDGETL_MAX_PIXELS replaces Pillow's bomb limit for every decode; a limit that is not a positive
+    number is a usage error naming the variable, not a traceback."""
+    onnx = str(tiny_export / "export" / "model.onnx")
+    small = {**os.environ, "EDGETL_MAX_PIXELS": "100"}  # the 8x8 digit has 64 px; well under it passes
+    r = subprocess.run([*EDGETL, "predict", onnx, str(image)], capture_output=True, text=True, env=small, timeout=120)
+    assert r.returncode == 0, r.stderr
+    tiny_limit = {**os.environ, "EDGETL_MAX_PIXELS": "10"}
+    r = subprocess.run([*EDGETL, "predict", onnx, str(image)], capture_output=True, text=True, env=tiny_limit, timeout=120)
+    assert r.returncode == 3 and "decompression bomb (EDGETL_MAX_PIXELS raises the limit)" in r.stderr, r.stderr
+    for name, value in (("EDGETL_MAX_ASPECT", "nan"), ("EDGETL_MAX_PIXELS", "-5"), ("EDGETL_MAX_ASPECT", "wide")):
+        r = subprocess.run([*EDGETL, "predict", onnx, str(image)], capture_output=True, text=True,
+                           env={**os.environ, name: value}, timeout=120)
+        assert r.returncode == 2 and f"{name}={value!r}: must be a finite positive number" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

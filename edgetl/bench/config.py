@@ -11,29 +11,13 @@ from ..errors import UsageError
 from ..limits import Range
 
 SCHEMA_VERSION = 1
-
-
 BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
-
-
 RUNTIMES = {"torch": "torch", "ort": "onnxruntime", "trt": "tensorrt"}
-
-
 MIN_SAMPLES = 100  # per row and batch size, over all rounds: p99 of fewer is little more than the maximum
-
-
 MAX_ROUND_SECONDS = 30.0  # a very slow row stops here even below MIN_SAMPLES (its `samples` says so)
-
-
 POOL_BATCHES = 8  # distinct real batches the timed inputs rotate over
-
-
 E2E_MIN_SAMPLES = 20
-
-
 ACCURACY_BATCH = 64
-
-
 GATE_ROUNDS = 3  # default rounds when gating against a baseline
 
 

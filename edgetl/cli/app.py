@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -43,16 +43,31 @@ def run_command(fn: Callable[[], Any]) -> Any:
         text = one_line(e) if "Original Traceback" in str(e) else printable(str(e))  # names stay on the line
         err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        first = _interrupted_by(e)  # a second Ctrl-C that landed while the first one was still unwinding
+        if first is not None:
+            _stop(first)
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
     except Interrupted as e:
-        import signal
+        _stop(e)
 
-        for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
-            signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
-        err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
-        raise typer.Exit(e.exit_code) from None
+
+def _interrupted_by(e: BaseException) -> Interrupted | None:
+    """The training interruption ``e`` arrived during, if any (Python chains it as the context)."""
+    seen: BaseException | None = e.__context__
+    while seen is not None and not isinstance(seen, Interrupted):
+        seen = seen.__context__
+    return seen
+
+
+def _stop(e: Interrupted) -> NoReturn:
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
+        signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
+    err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
+    raise typer.Exit(e.exit_code) from None
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import limits
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS, load_rgb
+from ..images import IMAGE_EXTENSIONS, load_rgb, max_pixels as bomb_limit
 
 MIN_SIDE = 16  # px: a shorter side below this is mostly upsampling noise at any model input size
 MAX_PIXELS = 40_000_000  # decoding dominates training time long before Pillow's bomb limit (~89 MP)
@@ -344,7 +344,7 @@ def _decode(path: Path, min_side: int, max_pixels: int) -> tuple[str | None, tup
         return bad("unidentified", "not an image file PIL can read")
     except (OSError, SyntaxError, ValueError) as e:
         return bad("corrupt", f"corrupt or truncated image ({e})")
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = bomb_limit()
     if limit and size[0] * size[1] > limit:
         return bad("bomb", f"image too large ({size[0]}x{size[1]}), refused as a possible decompression bomb")
     try:

@@ -26,11 +26,7 @@ from ..images import Preprocess
 from ..runtime.base import Runner
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
 MAX_LOGIT_DIFF = 1e-3  # FP32 ONNX vs PyTorch, relative to the largest logit magnitude (at least 1)
-
-
 VERIFY_IMAGES = 64
 
 

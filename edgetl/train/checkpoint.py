@@ -22,11 +22,7 @@ from ..models import torch_load_tensors
 from .config import TrainConfig
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
-
-
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")
-
-
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
 
 

@@ -5,6 +5,9 @@ and run.json, written as one unit that SIGINT/SIGTERM wait for, so a run stopped
 any point resumes from its last complete epoch. Each epoch's randomness (shuffling,
 augmentation, dropout) is seeded from (seed, epoch), which is what makes a resumed run equal
 to an uninterrupted one. Weights that stopped being finite are never saved.
+
+About 400 lines because setup, the epoch loop, validation, early stop and signal handling share
+one run's state; the files a run writes and reads back live in `train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
     status = "running"
     convs = cputrain.FastConvs() if cputrain.applies(device, channels_last, amp_dtype, cfg.compile) else nullcontext()
     memory = cputrain.retain_freed_memory() if device.type == "cpu" else nullcontext()
+    trainer = _Trainer(model, net, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, d, channels_last,
+                       convs)
     with _Signals() as sig, memory:
         try:
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -155,9 +160,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
                 torch.manual_seed(epoch_seed(cfg.seed, epoch))
                 steps, batches = feed.train(epoch)
                 hooks.epoch_start(epoch, cfg.epochs, steps)
-                tr_loss, tr_top1, n_img = _train_epoch(model, net, batches, criterion, opt, sched, scaler, cfg, device,
-                                                       amp_dtype, hooks, epoch, state["epoch"], d, channels_last,
-                                                       convs)
+                tr_loss, tr_top1, n_img = trainer.epoch(batches, epoch, state["epoch"])
                 val_steps, val_batches = feed.val()
                 hooks.validating(val_steps)
                 with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits are judged just below
@@ -229,38 +232,57 @@ def _feed(cfg: TrainConfig, data: DataSet, pp: Preprocess, model: nn.Module, hea
     return images, model
 
 
-def _train_epoch(model: nn.Module, net: nn.Module, batches: Any, criterion: nn.Module, opt: torch.optim.Optimizer,
-                 sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig, device: torch.device,
-                 amp_dtype: torch.dtype | None, hooks: Hooks, epoch: int, saved: int, d: Dist,
-                 channels_last: bool, convs: AbstractContextManager) -> tuple[float, float, int]:
-    set_train_mode(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-    for step, (x, y) in enumerate(batches):
-        x, y = _to(x, y, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            with convs:  # cputrain.FastConvs where it applies, entered once per forward
-                logits = net(x)
-            loss = criterion(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                f"{_kept(saved)}; lower --lr or enable --clip-grad")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        bs = y.shape[0]
-        loss_sum += loss.item() * bs
-        correct += int((logits.argmax(1) == y).sum())
-        n += bs
-        hooks.step(loss_sum / n, 100.0 * correct / n, n * d.world / (time.perf_counter() - t0))
-    totals = all_sum(d, torch.tensor([loss_sum, float(correct), float(n)], dtype=torch.float64))
-    loss_sum, correct, n = float(totals[0]), float(totals[1]), int(totals[2])
-    return loss_sum / max(n, 1), 100.0 * correct / max(n, 1), n
+@dataclass
+class _Trainer:
+    """What every training step uses, fixed for the run; `epoch` runs one pass over ``batches``."""
+
+    model: nn.Module
+    net: nn.Module  # the model as called: DDP- or torch.compile-wrapped, or the head over cached features
+    criterion: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    hooks: Hooks
+    d: Dist
+    channels_last: bool
+    convs: AbstractContextManager
+
+    def epoch(self, batches: Any, epoch: int, saved: int) -> tuple[float, float, int]:
+        """(mean loss, top-1 %, images) over all ranks; ``saved`` is the last epoch on disk, for the message
+        when the loss stops being finite."""
+        model, net, opt, scaler = self.model, self.net, self.opt, self.scaler
+        cfg, device, d = self.cfg, self.device, self.d
+        set_train_mode(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+        for step, (x, y) in enumerate(batches):
+            x, y = _to(x, y, device, self.channels_last)
+            with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                with self.convs:  # cputrain.FastConvs where it applies, entered once per forward
+                    logits = net(x)
+                loss = self.criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
+                                    f"{_kept(saved)}; lower --lr or enable --clip-grad")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            self.sched.step()
+            bs = y.shape[0]
+            loss_sum += loss.item() * bs
+            correct += int((logits.argmax(1) == y).sum())
+            n += bs
+            self.hooks.step(loss_sum / n, 100.0 * correct / n, n * d.world / (time.perf_counter() - t0))
+        totals = all_sum(d, torch.tensor([loss_sum, float(correct), float(n)], dtype=torch.float64))
+        loss_sum, correct, n = float(totals[0]), float(totals[1]), int(totals[2])
+        return loss_sum / max(n, 1), 100.0 * correct / max(n, 1), n
 
 
 @torch.no_grad()

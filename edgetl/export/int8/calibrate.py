@@ -25,8 +25,6 @@ from ...fileio import atomic_folder, atomic_write_json
 from ...images import Preprocess
 
 CALIB_METHODS = values(CalibMethod)
-
-
 CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused
 
 

@@ -15,11 +15,7 @@ from .job import Int8Job
 from .qdq import Floater, int8_share, quantized_nodes
 
 PROBE_PIXELS = 64 * 64 * 64  # calibration pixels whose FP32 logits rank layer sensitivity: 64 images at 64 px
-
-
 PROBE_MIN_IMAGES = 16
-
-
 NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, a looser --max-drop, or "
               "--min-int8 0 to accept a partly float model")
 

@@ -20,8 +20,6 @@ QUANT_SETTINGS = {"ActivationSymmetric": True, "WeightSymmetric": True, "Quantiz
 # ONNX Runtime's x86 integer kernels (VNNI vpdpbusd) multiply u8 activations by s8 weights: on this
 # project's CPU that layout ran 2-4x faster than FP32, the TensorRT layout 0.5-0.9x (RESULTS.md).
 CPU_SETTINGS = {"ActivationSymmetric": False, "WeightSymmetric": True}
-
-
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
