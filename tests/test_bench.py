@@ -278,6 +278,23 @@ def test_cli_writes_json_markdown_baseline_and_gates(tiny: Path, tmp_path: Path)
     assert "not written" in r.stderr and not new_base.exists()
 
 
+def test_a_baseline_timed_while_other_processes_ran_is_not_saved_unless_forced(tiny: Path, tmp_path: Path) -> None:
+    """A neighbour burning a core inflates every latency; such a report must not become the baseline."""
+    base = tmp_path / "base.json"
+    args = [str(tiny / "export" / "model.onnx"), "--backends", "ort-fp32", "--batch-size", "1", "--iters", "200",
+            "--no-e2e", "--save-baseline", str(base)]
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    try:
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 1 and not base.exists(), r.stdout + r.stderr
+        assert f"baseline {base} not written: other processes took" in r.stderr and "--force" in r.stderr
+        r = cli(*args, "--force", cwd=tmp_path)
+        assert r.returncode == 0 and base.exists() and "baseline written" in r.stdout, r.stdout + r.stderr
+    finally:
+        burner.kill()
+        burner.wait()
+
+
 def test_cli_gate_that_compared_nothing_fails_closed(tiny: Path, tmp_path: Path) -> None:
     """Another machine's baseline, an empty one, or one whose rows all failed: exit 5, not a pass."""
     base = tmp_path / "base.json"

@@ -84,6 +84,22 @@ def test_models_marks_the_bundled_weights_offline() -> None:
     assert "bundled" in line and "yes" in line
 
 
+def test_models_says_when_nothing_matched() -> None:
+    r = run("models", "--filter", "no-such-model-anywhere")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == "no model matches 'no-such-model-anywhere'; --all lists every torchvision and timm model"
+
+
+def test_eval_hides_top5_where_it_is_always_100(tmp_path: Path) -> None:
+    """With 5 classes or fewer every image is in its top 5; the number says nothing."""
+    make_image_folder(tmp_path / "d", classes=3, per_class=6)
+    r = run("finetune", "--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none", "--img-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--quiet", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    r = run("eval", str(tmp_path / "run"))
+    assert r.returncode == 0 and "top-1" in r.stdout and "top-5" not in r.stdout, r.stdout
+
+
 def test_json_summary_and_resume_extends_a_run(tmp_path: Path) -> None:
     make_image_folder(tmp_path / "d", classes=2, per_class=6)
     common = ["--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none", "--img-size", "32",

@@ -46,6 +46,7 @@ class BenchConfig:
     save_baseline: str | None = None
     verify: bool = True  # refuse artifacts whose sha256 differs from the manifest beside them
     allow_empty: bool = False  # a gate that compared no row passes instead of exiting GATE_EMPTY_EXIT
+    force: bool = False  # save the baseline even when other processes took more than BUSY of the CPU
 
     def validate(self) -> BenchConfig:
         if not self.targets:

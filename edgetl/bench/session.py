@@ -40,8 +40,8 @@ from .timing import (
 def run_bench(cfg: BenchConfig, log: Log | None = None) -> Report:
     """Measure every row, gate against the baseline when one is given, return the report (see README).
 
-    With ``save_baseline`` the report is written there too, unless the gate failed: a regression must
-    not become the next baseline by accident.
+    With ``save_baseline`` the report is written there too, unless `baseline_refusal` says why not: a
+    regression, or latencies inflated by other processes, must not become the next baseline by accident.
     """
     cfg.validate()
     baseline = load_report(Path(cfg.baseline)) if cfg.baseline else None  # a bad baseline fails before the work
@@ -78,9 +78,21 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> Report:
         finally:
             session.close()
     result = Report.from_dict(report)
-    if cfg.save_baseline and (result.gate is None or result.gate.passed):
+    if cfg.save_baseline and baseline_refusal(result, cfg) is None:
         result.save(Path(cfg.save_baseline))
     return result
+
+
+def baseline_refusal(report: Report, cfg: BenchConfig) -> str | None:
+    """Why ``report`` is not saved as a baseline, or None: the gate failed, or other processes took more
+    than BUSY of the CPU while it was timed (unless ``cfg.force``)."""
+    if report.gate is not None and not report.gate.passed:
+        return "the gate failed"
+    busy = busy_share(report.contention)
+    if busy > BUSY and not cfg.force:
+        return (f"other processes took {busy:.0%} of the CPU time while it was timed (limit {BUSY:.0%}), so its "
+                "latencies are inflated; record it on a quiet machine, or pass --force")
+    return None
 
 
 @dataclass

@@ -106,6 +106,7 @@ def bench(
     max_regression: Annotated[float, typer.Option(help="Largest accepted p50 latency growth against the baseline, as a fraction.")] = 0.10,
     max_drop: Annotated[float, typer.Option(help="Largest accepted top-1 drop against the baseline, in points.")] = 1.0,
     save_baseline: Annotated[Optional[Path], typer.Option(help="Write this report as a baseline (not when the gate fails).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Save --save-baseline even when other processes took more than 10% of the CPU while timing (its latencies are then inflated).")] = False,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Let a gate that compared no row pass (default: exit 5, since a baseline from another machine or with no common rows checks nothing).")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
@@ -119,7 +120,7 @@ def bench(
         from ..bench.report import gate_lines
         from ..bench.report import markdown as to_markdown
         from ..bench.report import table
-        from ..bench.session import run_bench
+        from ..bench.session import baseline_refusal, run_bench
         from ..fileio import atomic_write_text
 
         cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
@@ -128,7 +129,7 @@ def bench(
                           roofline=roofline, baseline=str(baseline) if baseline else None,
                           max_regression=max_regression, max_drop=max_drop,
                           save_baseline=str(save_baseline) if save_baseline else None,
-                          verify=verify, allow_empty=allow_empty)
+                          verify=verify, allow_empty=allow_empty, force=force)
         report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
@@ -142,8 +143,11 @@ def bench(
         failed = report.gate is not None and not report.gate.passed
         if save_baseline:
             shown = escape(str(save_baseline))
-            if failed:
-                err_console.print(f"baseline {shown} not written: the gate failed")
+            refused = baseline_refusal(report, cfg)
+            if refused:
+                err_console.print(f"baseline {shown} not written: {escape(refused)}", highlight=False)
+                if not failed:
+                    raise typer.Exit(1)
             else:
                 out_console.print(f"baseline written to {shown}", highlight=False)
         if failed:

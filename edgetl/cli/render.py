@@ -10,7 +10,8 @@ from .app import out_console
 
 
 def print_eval(where: str, res: Any, classes: list[str]) -> None:
-    out_console.print(f"[bold]{where}[/]: top-1 [bold]{res.top1:.2f}%[/], top-5 {res.top5:.2f}%, "
+    top5 = f", top-5 {res.top5:.2f}%" if len(classes) > 5 else ""  # always 100% with 5 classes or fewer
+    out_console.print(f"[bold]{where}[/]: top-1 [bold]{res.top1:.2f}%[/]{top5}, "
                       f"loss {res.loss:.4f}, {res.images} images")
     t = Table(title="per class (rows: true, columns: predicted)")
     t.add_column("class")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .. import limits
 from ..choices import CacheMode, Device, Optimizer, Strategy
+from ..errors import printable
 from .app import app, err_console, out_console, run_command
 from .render import print_eval
 
@@ -192,6 +193,10 @@ def models(
         from ..models import list_models
 
         rows = list_models(all_models, pattern)
+        if not rows:
+            hint = "" if all_models else "; --all lists every torchvision and timm model"
+            err_console.print(f"no model matches {printable(pattern or '')!r}{hint}", markup=False, highlight=False)
+            raise typer.Exit(1)
         t = Table(title="models (offline: ImageNet weights load without a download)")
         t.add_column("name")
         t.add_column("source")
