@@ -17,7 +17,6 @@ from .run import RUN_JSON
 class Description:
     classes: list[str]
     preprocess: Preprocess
-    record: Path
 
 
 def describe(artifact: Path) -> Description:
@@ -26,5 +25,5 @@ def describe(artifact: Path) -> Description:
     for record in (folder / MANIFEST_JSON, folder / RUN_JSON, folder.parent / RUN_JSON):
         if record.is_file():
             doc = read_json_object(record, "classes/preprocess")
-            return Description(check_classes(doc.get("classes"), record), preprocess_of(doc, record), record)
+            return Description(check_classes(doc.get("classes"), record), preprocess_of(doc, record))
     raise ArtifactError(f"{artifact}: no manifest.json or run.json beside it says its classes and preprocessing")

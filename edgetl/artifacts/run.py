@@ -45,6 +45,7 @@ class RunInfo:
 
 
 def is_run(folder: Path) -> bool:
+    """A run folder: one that holds run.json."""
     return (Path(folder) / RUN_JSON).is_file()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..artifacts.manifest import precision_of, read_manifest
 from ..artifacts.record import describe
-from ..artifacts.run import read_run
+from ..artifacts.run import is_run, read_run
 from ..errors import ArtifactError, UsageError
 from ..images import Preprocess
 from .config import BenchConfig
@@ -75,17 +75,17 @@ def plan(cfg: BenchConfig) -> list[Target]:
 def _locate(path: Path) -> tuple[Path | None, Path, Path | None]:
     """(run folder or None, export folder, the artifact file or None for 'every artifact')."""
     if path.is_dir():
-        if (path / "run.json").is_file():
+        if is_run(path):
             return path, path / "export", None
         if (path / "manifest.json").is_file():
-            return (path.parent if (path.parent / "run.json").is_file() else None), path, None
+            return (path.parent if is_run(path.parent) else None), path, None
         raise UsageError(f"{path}: neither a run folder (run.json) nor an export folder (manifest.json)")
     _backend_of(path)  # refuses unknown file types
     if path.suffix == ".pt":
-        if not (path.parent / "run.json").is_file():
+        if not is_run(path.parent):
             raise ArtifactError(f"{path}: no run.json beside it says which model it is")
         return path.parent, path.parent / "export", path
-    run = path.parent.parent if (path.parent.parent / "run.json").is_file() else None
+    run = path.parent.parent if is_run(path.parent.parent) else None
     return run, path.parent, path
 
 

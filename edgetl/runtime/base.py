@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..artifacts.run import is_run
 from ..errors import ArtifactError, UsageError
 
 
@@ -25,7 +26,7 @@ class Runner(Protocol):
 def is_torch_artifact(path: Path) -> bool:
     """A checkpoint (``*.pt``) or a run folder: what only `edgetl.evaluate.open_runner` can open."""
     path = Path(path)
-    return path.suffix == ".pt" or (path / "run.json").is_file()
+    return path.suffix == ".pt" or is_run(path)
 
 
 def open_runner(path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
