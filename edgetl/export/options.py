@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
-from ..choices import CalibMode, values
+from ..choices import CalibMethod, CalibMode, values
 from ..errors import UsageError
 from ..limits import Range
 
@@ -35,8 +35,6 @@ class ExportConfig:
     seed: int = 0
 
     def validate(self) -> ExportConfig:
-        from .int8.calibrate import CALIB_METHODS
-
         limits.check({
             "--opset": (self.opset, Range(13, 21)),  # Q/DQ needs 13; TensorRT 8.5 reads at most 17
             "--calib-size": (self.calib_size, limits.COUNT),
@@ -45,8 +43,8 @@ class ExportConfig:
             "--workspace": (self.workspace_mb, limits.WORKSPACE_MB),
             "--dla": (self.dla, limits.DLA_CORE),
         })
-        if self.calib_method not in CALIB_METHODS:
-            raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}")
+        if self.calib_method not in values(CalibMethod):
+            raise UsageError(f"--calib-method must be one of {', '.join(values(CalibMethod))}")
         if self.calib_mode not in values(CalibMode):
             raise UsageError("--calib-mode must be explicit or implicit")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
