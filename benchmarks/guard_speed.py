@@ -24,7 +24,7 @@ import edgetl.export.int8.build as build
 import edgetl.export.int8.guard as guard
 from edgetl.data.sources import run_data
 from edgetl.evaluate import evaluate_runner, load_run_model
-from edgetl.export.options import ExportConfig
+from edgetl.export.config import ExportConfig
 from edgetl.runtime.onnxruntime import OrtRunner
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, UsageError
+from .limits import MAX_SIZE
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -148,7 +149,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-MAX_SIZE = 2048  # px: the largest input edgetl trains or reads from a record (`--img-size` has the same limit)
 MAX_ASPECT = 20.0  # longer side / shorter side; EDGETL_MAX_ASPECT sets another
 
 

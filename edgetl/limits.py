@@ -43,6 +43,7 @@ SEED = Range(0, 2**63 - 1)
 POINTS = Range(0, 100)  # accuracy points
 DLA_CORE = Range(0, 7)
 WORKSPACE_MB = Range(1, 1 << 20)
+MAX_SIZE = 2048  # px: the largest input edgetl trains (`--img-size`) or reads from a record; 100,000 asked for 1.28 TiB
 
 
 def check(values: Mapping[str, tuple[float | int | None, Range]]) -> None:

@@ -87,7 +87,7 @@ def tiny_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A copy of ``tiny_run`` exported to FP32, FP16 and INT8 ONNX; returns the run folder."""
     import shutil
 
-    from edgetl.export.options import ExportConfig
+    from edgetl.export.config import ExportConfig
     from edgetl.export.pipeline import export
 
     run = tmp_path_factory.mktemp("tiny_export") / "run"

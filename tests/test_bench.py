@@ -22,7 +22,7 @@ from edgetl.bench.schema import Report, Row, load_report
 from edgetl.bench.report import markdown
 from edgetl.bench.session import ROW_FIELDS, run_bench
 from edgetl.errors import ArtifactError, UsageError
-from edgetl.export.options import ExportConfig
+from edgetl.export.config import ExportConfig
 from edgetl.export.pipeline import export
 from edgetl.machine import jetson_clocks
 from edgetl.train.config import TrainConfig

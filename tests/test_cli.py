@@ -30,14 +30,57 @@ def test_help_lists_the_commands_without_importing_torch() -> None:
         assert cmd in r.stdout
 
 
-def test_finetune_help_documents_the_options() -> None:
-    r = run("finetune", "--help")
-    assert r.returncode == 0
-    for opt in ("--data", "--model", "--weights", "--val-split", "--img-size", "--strategy", "--unfreeze",
-                "--backbone-lr-scale", "--label-smoothing", "--optimizer", "--amp", "--channels-last",
-                "--clip-grad", "--early-stop", "--seed", "--device", "--resume", "--quiet", "--json",
-                "--trivial-augment"):
-        assert opt in r.stdout, opt
+def _help(args: list[str], columns: int) -> str:
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    r = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+def _panels(text: str) -> dict[str, set[str]]:
+    """Panel title -> the option names listed in it."""
+    panels: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("╭─ "):
+            title = line[3:].split(" ─")[0]
+            panels[title] = set()
+        elif panels and line.startswith("│ -"):  # a names cell starts the line; help is indented or beside
+            names = line[2:].split("  ")[0].split()
+            panels[title].update(w.rstrip(",") for w in names if w.startswith("--"))
+    return panels
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_every_help_shows_every_option_whole_at_narrow_terminals(columns: int) -> None:
+    from typer.main import get_command
+
+    from edgetl.cli import app
+
+    group = get_command(app)
+    for name, command in [("", group), *group.commands.items()]:
+        text = _help([name] if name else [], columns)
+        assert "…" not in text and "..." not in text.replace("TARGETS...", "").replace("IMAGES...", "") \
+            .replace("[ARGS]...", ""), name
+        assert max(len(line) for line in text.splitlines()) <= columns, name
+        listed = set().union(*_panels(text).values())
+        for param in command.params:
+            for flag in [*param.opts, *param.secondary_opts]:
+                if flag.startswith("--"):
+                    assert flag in listed, (name, flag, columns)
+
+
+def test_finetune_help_groups_its_options_in_panels() -> None:
+    panels = _panels(_help(["finetune"], 80))
+    assert list(panels) == ["Data", "Model", "Training", "Augmentation", "Speed", "Output", "Options"]
+    assert {"--data", "--val-split", "--check", "--no-check", "--strict"} == panels["Data"]
+    assert {"--strategy", "--unfreeze", "--model", "--img-size"} <= panels["Model"]
+    assert {"--epochs", "--lr", "--backbone-lr-scale", "--label-smoothing", "--seed"} <= panels["Training"]
+    assert {"--out", "--resume", "--quiet", "--json"} <= panels["Output"]
+    assert _panels(_help(["export"], 80))["INT8"] >= {"--calib", "--calib-method", "--max-drop", "--min-int8"}
+    assert _panels(_help(["bench"], 80))["Gate"] >= {"--baseline", "--save-baseline", "--force", "--allow-empty"}
 
 
 @pytest.mark.parametrize(

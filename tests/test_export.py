@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import CIFAR, copy_subset, needs_cifar
 from edgetl.train.config import TrainConfig
 from edgetl.errors import EdgetlError
-from edgetl.export.options import ExportConfig
+from edgetl.export.config import ExportConfig
 from edgetl.export.pipeline import export
 from edgetl.fileio import sha256_file
 from edgetl.train.loop import finetune

@@ -73,7 +73,7 @@ def test_zeroed_hashes_and_unlisted_artifacts_are_refused(exported: Path, image:
 def test_export_leaves_exactly_what_its_manifest_lists(exported: Path) -> None:
     """A later export without --int8/--fp16 removes the earlier INT8/FP16 files, and a temporary folder
     left by a killed export is swept."""
-    from edgetl.export.options import ExportConfig
+    from edgetl.export.config import ExportConfig
     from edgetl.export.pipeline import export
 
     out = exported / "export"
@@ -89,7 +89,7 @@ def test_an_artifact_that_fails_its_check_is_removed_and_the_others_still_made(e
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """An FP16 file that disagrees with FP32 is not left under its name; INT8 is still attempted; exit 4."""
     import edgetl.export.pipeline as pipeline
-    from edgetl.export.options import ExportConfig
+    from edgetl.export.config import ExportConfig
 
     monkeypatch.setattr(pipeline, "MIN_FP16_AGREEMENT", 1.01)  # no FP16 file can pass: the check fails for real
     with pytest.raises(ArtifactError, match="FP16 disagrees"):

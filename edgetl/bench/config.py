@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import limits
-from ..choices import Device, values
+from ..choices import Device
 from ..errors import UsageError
 from ..limits import Range
+from ..options import check_fields, option
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
@@ -22,6 +23,7 @@ GATE_ROUNDS = 3  # default rounds when gating against a baseline
 
 
 Log = Callable[[str], None]
+ROWS, TIMING, GATE = "Rows", "Timing", "Gate"
 
 
 @dataclass
@@ -29,24 +31,40 @@ class BenchConfig:
     """What `edgetl bench` measures and how; validated once by ``validate``."""
 
     targets: list[str]
-    data: str | None = None
+    data: str | None = option(None, "Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' "
+                              "(default: the run's own validation split).", ROWS, metavar="PATH")
     backends: tuple[str, ...] = BACKENDS
     batch_sizes: tuple[int, ...] = (1, 8)
-    warmup: int = 10
-    iters: int | None = None
-    min_seconds: float | None = None  # default 1.0 unless --iters
-    rounds: int | None = None  # default 1, GATE_ROUNDS when gating or saving a baseline
-    threads: int | None = None  # default: the cores this process may use
-    device: str = "auto"
-    e2e: bool = True
-    roofline: bool = False
-    baseline: str | None = None
-    max_regression: float = 0.10
-    max_drop: float = 1.0
-    save_baseline: str | None = None
-    verify: bool = True  # refuse artifacts whose sha256 differs from the manifest beside them
-    allow_empty: bool = False  # a gate that compared no row passes instead of exiting GATE_EMPTY_EXIT
-    force: bool = False  # save the baseline even when other processes took more than BUSY of the CPU
+    device: str = option("auto", "auto: PyTorch on CUDA when it sees a GPU, ONNX Runtime on CPU; cuda: both on "
+                         "CUDA. TensorRT always runs on the GPU.", ROWS, choices=Device)
+    e2e: bool = option(True, "Also time decode + preprocess + inference from image files.", ROWS,
+                       flags=("--e2e/--no-e2e",))
+    roofline: bool = option(False, "Measure this machine's matrix-multiply peaks, count the model's FLOPs, report "
+                            "GFLOP/s and the fraction of peak.", ROWS, flags=("--roofline",))
+    verify: bool = option(True, "Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).",
+                          ROWS, flags=("--verify/--no-verify",))
+    warmup: int = option(10, "Untimed calls before each row's timing (per round).", TIMING, legal=Range(0, 100_000))
+    iters: int | None = option(None, "Timed calls per row and round (default: at least 100 samples over all rounds "
+                               "and --min-seconds per round).", TIMING, legal=Range(1, 10_000_000))
+    min_seconds: float | None = option(None, "Least timed seconds per row and round (default 1).", TIMING,
+                                       legal=Range(0, 3600, open_lo=True))
+    rounds: int | None = option(None, "Interleaved rounds over all rows; p50 is the median of the rounds' medians "
+                                "(default 1; 3 with --baseline or --save-baseline).", TIMING, legal=Range(1, 100))
+    threads: int | None = option(None, "CPU threads for PyTorch and ONNX Runtime (default: the cores this process "
+                                 "may use).", TIMING, legal=Range(1, 1024))
+    baseline: str | None = option(None, "Gate against an earlier --json report: exit 1 on a latency or accuracy "
+                                  "regression.", GATE, metavar="FILE")
+    max_regression: float = option(0.10, "Largest accepted p50 latency growth against the baseline, as a fraction.",
+                                   GATE, legal=Range(0, 1000))  # 0.10 = 10%
+    max_drop: float = option(1.0, "Largest accepted top-1 drop against the baseline, in points.", GATE,
+                             legal=limits.POINTS)
+    save_baseline: str | None = option(None, "Write this report as a baseline (not when the gate fails).", GATE,
+                                       metavar="FILE")
+    force: bool = option(False, "Save --save-baseline even when other processes took more than 10% of the CPU while "
+                         "timing (its latencies are then inflated).", GATE, flags=("--force",))
+    allow_empty: bool = option(False, "Let a gate that compared no row pass (default: exit 5, since a baseline from "
+                               "another machine or with no common rows checks nothing).", GATE,
+                               flags=("--allow-empty",))
 
     def validate(self) -> BenchConfig:
         if not self.targets:
@@ -58,17 +76,7 @@ class BenchConfig:
             raise UsageError(f"--batch-size: integers {limits.BATCH}, e.g. 1,8")
         if self.iters is not None and self.min_seconds is not None:
             raise UsageError("--iters and --min-seconds exclude each other: fix the sample count or the time, not both")
-        limits.check({
-            "--warmup": (self.warmup, Range(0, 100_000)),
-            "--iters": (self.iters, Range(1, 10_000_000)),
-            "--min-seconds": (self.min_seconds, Range(0, 3600, open_lo=True)),
-            "--rounds": (self.rounds, Range(1, 100)),
-            "--threads": (self.threads, Range(1, 1024)),
-            "--max-regression": (self.max_regression, Range(0, 1000)),  # a fraction: 0.10 = 10%
-            "--max-drop": (self.max_drop, limits.POINTS),
-        })
-        if self.device not in values(Device):
-            raise UsageError("--device must be auto, cpu or cuda")
+        check_fields(self)
         return self
 
     @property

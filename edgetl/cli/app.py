@@ -12,9 +12,18 @@ import typer
 from rich.console import Console
 
 from ..errors import Interrupted, one_line, printable
+from .help import HelpCommand, HelpGroup
 
-app = typer.Typer(
-    name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+
+class _App(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        """Every command renders its help with `edgetl.cli.help` (readable at 80 columns)."""
+        kwargs.setdefault("cls", HelpCommand)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich", cls=HelpGroup,
     help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
 )
 

@@ -24,7 +24,7 @@ def demo(
 
     def body() -> None:
         from ..evaluate import evaluate_run
-        from ..export.options import ExportConfig
+        from ..export.config import ExportConfig
         from ..export.pipeline import export
         from ..train.config import TrainConfig
 

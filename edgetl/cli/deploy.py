@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from .. import limits
+from ..bench.config import BACKENDS, ROWS, BenchConfig
 from ..choices import Device
 from ..errors import printable
 from .app import app, err_console, out_console, run_command
+from .options import config_values, with_config
+
+OUTPUT = "Output"
 
 
 @app.command()
@@ -87,49 +91,30 @@ def doctor(
 
 
 @app.command()
+@with_config(BenchConfig, skip=("targets",))
 def bench(
     targets: Annotated[list[Path], typer.Argument(help="Run folders (the original best.pt against every artifact in RUN/export), export folders, or artifact files (.onnx, .engine, best.pt).")],
-    data: Annotated[Optional[str], typer.Option(help="Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' (default: the run's own validation split).")] = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated rows to produce: torch, ort-fp32, ort-fp16, ort-int8, trt-fp16, trt-int8.")] = "torch,ort-fp32,ort-fp16,ort-int8,trt-fp16,trt-int8",
-    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,8",
-    warmup: Annotated[int, typer.Option(help="Untimed calls before each row's timing (per round).")] = 10,
-    iters: Annotated[Optional[int], typer.Option(help="Timed calls per row and round (default: at least 100 samples over all rounds and --min-seconds per round).")] = None,
-    min_seconds: Annotated[Optional[float], typer.Option(help="Least timed seconds per row and round (default 1).")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Interleaved rounds over all rows; p50 is the median of the rounds' medians (default 1; 3 with --baseline or --save-baseline).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and ONNX Runtime (default: the cores this process may use).")] = None,
-    device: Annotated[Device, typer.Option(help="auto: PyTorch on CUDA when it sees a GPU, ONNX Runtime on CPU; cuda: both on CUDA. TensorRT always runs on the GPU.")] = Device.auto,
-    e2e: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Also time decode + preprocess + inference from image files.")] = True,
-    roofline: Annotated[bool, typer.Option("--roofline", help="Measure this machine's matrix-multiply peaks, count the model's FLOPs, report GFLOP/s and the fraction of peak.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.")] = None,
-    baseline: Annotated[Optional[Path], typer.Option(help="Gate against an earlier --json report: exit 1 on a latency or accuracy regression.")] = None,
-    max_regression: Annotated[float, typer.Option(help="Largest accepted p50 latency growth against the baseline, as a fraction.")] = 0.10,
-    max_drop: Annotated[float, typer.Option(help="Largest accepted top-1 drop against the baseline, in points.")] = 1.0,
-    save_baseline: Annotated[Optional[Path], typer.Option(help="Write this report as a baseline (not when the gate fails).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Save --save-baseline even when other processes took more than 10% of the CPU while timing (its latencies are then inflated).")] = False,
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Let a gate that compared no row pass (default: exit 5, since a baseline from another machine or with no common rows checks nothing).")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+    backends: Annotated[str, typer.Option(help=f"Comma-separated rows to produce, from {', '.join(BACKENDS)} (default: all).", show_default=False, rich_help_panel=ROWS)] = ",".join(BACKENDS),
+    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.", rich_help_panel=ROWS)] = "1,8",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.", rich_help_panel=OUTPUT)] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.", rich_help_panel=OUTPUT)] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.", rich_help_panel=OUTPUT)] = False,
+    **config: Any,
 ) -> None:
     """Accuracy and latency of the original model and every exported artifact, side by side; a CI regression gate."""
 
     def body() -> None:
         from rich.markup import escape
 
-        from ..bench.config import BenchConfig, parse_backends, parse_batch_sizes
+        from ..bench.config import parse_backends, parse_batch_sizes
         from ..bench.report import gate_lines
         from ..bench.report import markdown as to_markdown
         from ..bench.report import table
         from ..bench.session import baseline_refusal, run_bench
         from ..fileio import atomic_write_text
 
-        cfg = BenchConfig(targets=[str(t) for t in targets], data=data, backends=parse_backends(backends),
-                          batch_sizes=parse_batch_sizes(batch_size), warmup=warmup, iters=iters,
-                          min_seconds=min_seconds, rounds=rounds, threads=threads, device=device.value, e2e=e2e,
-                          roofline=roofline, baseline=str(baseline) if baseline else None,
-                          max_regression=max_regression, max_drop=max_drop,
-                          save_baseline=str(save_baseline) if save_baseline else None,
-                          verify=verify, allow_empty=allow_empty, force=force)
+        cfg = BenchConfig(targets=[str(t) for t in targets], backends=parse_backends(backends),
+                          batch_sizes=parse_batch_sizes(batch_size), **config_values(config))
         report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
@@ -141,8 +126,8 @@ def bench(
         if markdown:
             atomic_write_text(markdown, to_markdown(report))
         failed = report.gate is not None and not report.gate.passed
-        if save_baseline:
-            shown = escape(str(save_baseline))
+        if cfg.save_baseline:
+            shown = escape(cfg.save_baseline)
             refused = baseline_refusal(report, cfg)
             if refused:
                 err_console.print(f"baseline {shown} not written: {escape(refused)}", highlight=False)

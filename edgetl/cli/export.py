@@ -4,48 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ..choices import CalibMethod, CalibMode
 from ..errors import printable
+from ..export.config import ARTIFACTS, ExportConfig
 from .app import app, err_console, out_console, run_command
+from .options import config_values, with_config
 from .render import artifact_table
 
 
 @app.command("export")
+@with_config(ExportConfig, skip=("run",))
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder written by `edgetl finetune`.")],
-    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx: calibrated, TensorRT-shaped Q/DQ, accuracy-guarded.")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (float16 compute, float32 I/O).")] = False,
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration images: an ImageFolder or a flat folder (default: a stratified sample of the run's training data).")] = None,
-    calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 512,
-    calib_method: Annotated[CalibMethod, typer.Option(help="How activation ranges are chosen: minmax (observed range), entropy (TensorRT's KL-divergence threshold, 2,048 bins), percentile (99.999%).")] = CalibMethod.minmax,
-    int8_cpu: Annotated[bool, typer.Option("--int8-cpu", help="With --int8: also write model.int8-cpu.onnx, INT8 laid out for ONNX Runtime on CPUs (uint8 activations); 2-4x faster than FP32 here where the TensorRT layout is slower.")] = False,
-    bias_correction: Annotated[bool, typer.Option(help="Correct each quantized conv's bias for the mean error INT8 adds to its output, layer by layer on calibration images (lifted cifar10-mini from -0.90 to -0.10 points).")] = True,
-    quantize_stem: Annotated[bool, typer.Option(help="Quantize the first layer too (it sees raw pixels; by default it stays in float, which costs little and saved ~1 point on cifar10-mini).")] = False,
-    calib_mode: Annotated[CalibMode, typer.Option(help="explicit: engines build from model.int8.onnx (TensorRT 8.5-11); implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).")] = CalibMode.explicit,
-    max_drop: Annotated[float, typer.Option(help="Largest INT8 top-1 drop (points, simulated numerics) accepted; past it, the most sensitive layers stay in float.")] = 1.0,
-    min_int8: Annotated[float, typer.Option(help="Least share of the MACs that must run in INT8; a model.int8.onnx below it is mostly float and export fails (0 accepts any).")] = 0.8,
-    opset: Annotated[int, typer.Option(help="ONNX opset; 17 keeps TensorRT 8.5 (JetPack 5) able to read it.")] = 17,
-    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N.")] = "dynamic",
-    engine: Annotated[bool, typer.Option("--engine/--no-engine", help="Build TensorRT engines where TensorRT and a GPU are present.")] = True,
-    workspace: Annotated[int, typer.Option(help="TensorRT builder workspace limit in MB.")] = 2048,
-    dla: Annotated[Optional[int], typer.Option(help="Jetson DLA core for the engines (GPU fallback on).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/export).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON on stdout.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON on stdout.", rich_help_panel=ARTIFACTS)] = False,
+    **config: Any,
 ) -> None:
     """Verified ONNX, FP16 and calibrated INT8 artifacts (and TensorRT engines where possible) plus manifest.json."""
 
     def body() -> None:
-        from ..export.options import ExportConfig
         from ..export.pipeline import export
 
-        cfg = ExportConfig(run=str(run), out=str(out) if out else None, int8=int8, fp16=fp16,
-                           calib=str(calib) if calib else None, calib_size=calib_size,
-                           calib_method=calib_method.value, quantize_stem=quantize_stem, bias_correction=bias_correction, int8_cpu=int8_cpu, calib_mode=calib_mode.value, max_drop=max_drop,
-                           min_int8=min_int8, opset=opset, batch=batch, engine=engine, workspace_mb=workspace, dla=dla)
+        cfg = ExportConfig(run=str(run), **config_values(config))
         console = err_console if as_json else out_console
         report = export(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
         if as_json:

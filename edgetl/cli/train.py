@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from .. import limits
-from ..choices import CacheMode, Device, Optimizer, Strategy
 from ..errors import printable
+from ..train.config import DATA, TrainConfig
 from .app import app, err_console, out_console, run_command
+from .options import config_values, with_config
 from .render import print_eval
 
 if TYPE_CHECKING:  # the trainer imports torch; --help must not
-    from ..train.config import TrainConfig
     from ..train.loop import Summary
+
+OUTPUT = "Output"
 
 
 def _default_out(model: str, data: str) -> Path:
@@ -31,49 +33,22 @@ def _default_out(model: str, data: str) -> Path:
 
 
 @app.command()
+@with_config(TrainConfig, skip=("out",))
 def finetune(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help="ImageFolder root (train/ + val/, or one folder with --val-split), 'digits' (bundled, offline) or 'cifar10' (torchvision download).")] = "digits",
-    model: Annotated[str, typer.Option(help="torchvision or timm model name ('timm/NAME' forces timm); see `edgetl models`.")] = "efficientnet_lite0",
-    weights: Annotated[str, typer.Option(help="imagenet | none | FILE (.pt/.pth state dict or .safetensors).")] = "imagenet",
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this stratified fraction for validation (default 0.2 when there is no val/).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Input crop size in px; default: the model's pretrained config.")] = None,
-    strategy: Annotated[Strategy, typer.Option(help="full: every weight; head: new classifier only (frozen BN stays in eval); partial: last --unfreeze stages + head.")] = Strategy.full,
-    unfreeze: Annotated[int, typer.Option(help="Stages to train with --strategy partial.")] = 2,
-    backbone_lr_scale: Annotated[float, typer.Option(help="Backbone learning rate = lr x this (0 < s <= 1).")] = 1.0,
-    epochs: Annotated[int, typer.Option(help="Epochs (with --resume: the new total).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.")] = Optimizer.adamw,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1e-3 adamw, 1e-2 sgd).")] = None,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (never on norm or bias parameters).")] = 0.01,
-    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine decay (capped at 20% of training).")] = 1.0,
-    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this; 0 = off.")] = 0.0,
-    early_stop: Annotated[int, typer.Option(help="Stop after N epochs without a better val top-1; 0 = off.")] = 0,
-    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (default: on, off for digits).")] = None,
-    trivial_augment: Annotated[bool, typer.Option(help="Add TrivialAugmentWide to the training augmentation.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling, augmentation and init.")] = 0,
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when PyTorch sees a GPU.")] = Device.auto,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA: bf16 where supported, else fp16 + GradScaler; off on CPU).")] = None,
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on; about 1.7x faster training steps than NCHW on CPUs too).")] = True,
-    cache: Annotated[CacheMode, typer.Option(help="Decode images once into a uint8 cache and augment whole batches as tensors: auto (memory when it fits, else a file under ~/.cache/edgetl), memory, disk, or off (PIL per image in DataLoader workers).")] = CacheMode.auto,
-    feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="With --strategy head: run the frozen backbone once and train the head on cached features.")] = True,
-    feature_views: Annotated[int, typer.Option(help="With the feature cache: cache this many augmented views of the training set and cycle through them (0: one un-augmented view).")] = 0,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays off on GPUs; compiling takes minutes on a CPU).")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: cores - 1, at most 4).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<data>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (human output goes to stderr).")] = False,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode every image first (as `edgetl check-data`); unreadable files are left out and listed in RUN/data_check.json.")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse the data (exit 3) on any check-data finding instead of leaving bad files out.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<data>).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.", rich_help_panel=OUTPUT)] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.", rich_help_panel=OUTPUT)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (human output goes to stderr).", rich_help_panel=OUTPUT)] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode every image first (as `edgetl check-data`); unreadable files are left out and listed in RUN/data_check.json.", rich_help_panel=DATA)] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse the data (exit 3) on any check-data finding instead of leaving bad files out.", rich_help_panel=DATA)] = False,
+    **config: Any,
 ) -> None:
     """Fine-tune a pretrained CNN on a new image data set; writes best.pt, last.pt, run.json, metrics.csv."""
 
     def body() -> None:
         from ..errors import UsageError
         from ..train.checkpoint import resume_config
-        from ..train.config import TrainConfig
 
         if resume is not None:
             changed = sorted("--" + p.replace("_", "-") for p in ctx.params if p not in RESUME_OPTIONS
@@ -82,18 +57,9 @@ def finetune(
                 raise UsageError(f"--resume {resume} continues the run as its run.json records it; "
                                  f"{', '.join(changed)} would change it and are refused (only --epochs, the new "
                                  "total, can be given; start a new run with another --out to change the rest)")
-            cfg = resume_config(resume, epochs if _from_command_line(ctx, "epochs") else None)
+            cfg = resume_config(resume, config["epochs"] if _from_command_line(ctx, "epochs") else None)
         else:
-            cfg = TrainConfig(
-                data=data, out=str(out or _default_out(model, data)), model=model, weights=weights,
-                val_split=val_split, img_size=img_size, strategy=strategy.value, unfreeze=unfreeze,
-                backbone_lr_scale=backbone_lr_scale, epochs=epochs, batch_size=batch_size,
-                optimizer=optimizer.value, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                warmup_epochs=warmup_epochs, clip_grad=clip_grad, early_stop=early_stop, hflip=hflip,
-                trivial_augment=trivial_augment, seed=seed, device=device.value, amp=amp,
-                channels_last=channels_last, workers=workers, cache=cache.value, feature_cache=feature_cache,
-                feature_views=feature_views, compile=compile,
-            )
+            cfg = TrainConfig(**config_values(config), out=str(out or _default_out(config["model"], config["data"])))
         summary = train_with_display(cfg, resume is not None, quiet, as_json,
                                       "strict" if strict else "skip" if check else "off")
         if as_json and os.environ.get("RANK", "0") == "0":

@@ -16,7 +16,7 @@ from ..evaluate import RunModel, load_run_model
 from ..fileio import atomic_write_json, folder_lock, sha256_file
 from .fp16 import MIN_FP16_AGREEMENT, to_fp16
 from .onnx import INPUT_NAME, OUTPUT_NAME, agreement, export_onnx, verify_against_torch, verify_batch
-from .options import ExportConfig, ExportReport, Log
+from .config import ExportConfig, ExportReport, Log
 
 
 def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:

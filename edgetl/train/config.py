@@ -7,76 +7,69 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
+from ..choices import CacheMode, Device, Optimizer, Strategy
 from ..errors import UsageError
-from ..images import MAX_SIZE  # 100,000 px asked for 1.28 TiB of activations
 from ..limits import Range
-from ..choices import CacheMode, Device, Optimizer, values
-from ..models import STRATEGIES
+from ..options import check_fields, option
 
-OPTIMIZERS, DEVICES, CACHE_MODES = values(Optimizer), values(Device), values(CacheMode)
+DATA, MODEL, TRAINING, AUGMENT, SPEED = "Data", "Model", "Training", "Augmentation", "Speed"
 
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
+    data: str = option("digits", "ImageFolder root (train/ + val/, or one folder with --val-split), 'digits' "
+                       "(bundled, offline) or 'cifar10' (torchvision download).", DATA, metavar="PATH")
     out: str = ""
-    model: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    val_split: float | None = None
-    img_size: int | None = None
-    strategy: str = "full"
-    unfreeze: int = 2
-    backbone_lr_scale: float = 1.0
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    clip_grad: float = 0.0
-    early_stop: int = 0
-    hflip: bool | None = None
-    trivial_augment: bool = False
-    seed: int = 0
-    device: str = "auto"
-    amp: bool | None = None
-    channels_last: bool = True
-    workers: int | None = None
-    cache: str = "auto"
-    feature_cache: bool = True
-    feature_views: int = 0
-    compile: bool = False
+    model: str = option("efficientnet_lite0", "torchvision or timm model name ('timm/NAME' forces timm); "
+                        "see `edgetl models`.", MODEL, metavar="NAME")
+    weights: str = option("imagenet", "imagenet, none, or a .pt/.pth state dict or .safetensors file.", MODEL,
+                          metavar="WEIGHTS")
+    val_split: float | None = option(None, "Hold out this stratified fraction for validation "
+                                     "(default 0.2 when there is no val/).", DATA, legal=limits.FRACTION_OPEN)
+    img_size: int | None = option(None, "Input crop size in px (default: the model's pretrained size).", MODEL,
+                                  legal=Range(16, limits.MAX_SIZE))
+    strategy: str = option("full", "full: every weight; head: the new classifier only (frozen BN stays in "
+                           "eval); partial: the last --unfreeze stages and the head.", MODEL, choices=Strategy)
+    unfreeze: int = option(2, "Stages to train with --strategy partial.", MODEL, legal=limits.NON_NEGATIVE)
+    backbone_lr_scale: float = option(1.0, "Backbone learning rate = --lr x this.", TRAINING,
+                                      legal=Range(0, 1, open_lo=True))
+    epochs: int = option(10, "Epochs (with --resume: the new total).", TRAINING, legal=Range(1, 100_000))
+    batch_size: int = option(64, "Images per step.", TRAINING, legal=limits.BATCH)
+    optimizer: str = option("adamw", "Optimizer.", TRAINING, choices=Optimizer)
+    lr: float | None = option(None, "Peak learning rate (default 1e-3 adamw, 1e-2 sgd).", TRAINING,
+                              legal=limits.POSITIVE)  # a huge one is legal: it diverges, and says so
+    weight_decay: float = option(0.01, "Weight decay (never on norm or bias parameters).", TRAINING,
+                                 legal=Range(0, 1))
+    momentum: float = 0.9  # SGD's; not an option, checked by validate
+    label_smoothing: float = option(0.1, "Cross-entropy label smoothing.", TRAINING, legal=Range(0, 1, open_hi=True))
+    warmup_epochs: float = option(1.0, "Linear warm-up before cosine decay (at most 20% of training).", TRAINING,
+                                  legal=limits.NON_NEGATIVE)
+    clip_grad: float = option(0.0, "Clip the gradient norm to this; 0: off.", TRAINING, legal=limits.NON_NEGATIVE)
+    early_stop: int = option(0, "Stop after N epochs without a better val top-1; 0: off.", TRAINING,
+                             legal=limits.NON_NEGATIVE)
+    hflip: bool | None = option(None, "Random horizontal flips (default: on, off for digits).", AUGMENT)
+    trivial_augment: bool = option(False, "Add TrivialAugmentWide to the training augmentation.", AUGMENT)
+    seed: int = option(0, "Seed for the split, shuffling, augmentation and init.", TRAINING, legal=limits.SEED)
+    device: str = option("auto", "auto: CUDA when PyTorch sees a GPU.", SPEED, choices=Device)
+    amp: bool | None = option(None, "Mixed precision (default: on for CUDA, bf16 where supported, else fp16 "
+                              "with a GradScaler; off on CPU).", SPEED)
+    channels_last: bool = option(True, "channels_last memory format (about 1.7x faster training steps than "
+                                 "NCHW, on CPUs too).", SPEED)
+    workers: int | None = option(None, "DataLoader worker processes (default: cores - 1, at most 4).", SPEED,
+                                 legal=limits.WORKERS)
+    cache: str = option("auto", "Decode images once into a uint8 cache and augment whole batches as tensors: "
+                        "auto (memory when it fits, else a file under ~/.cache/edgetl), memory, disk, or off "
+                        "(PIL per image in DataLoader workers).", SPEED, choices=CacheMode)
+    feature_cache: bool = option(True, "With --strategy head: run the frozen backbone once and train the head "
+                                 "on cached features.", SPEED)
+    feature_views: int = option(0, "With the feature cache: augmented views of the training set to cache and "
+                                "cycle through (0: one plain view).", SPEED, legal=Range(0, 100))
+    compile: bool = option(False, "torch.compile the model (pays off on GPUs; takes minutes on a CPU).", SPEED,
+                           flags=("--compile",))
 
     def validate(self) -> TrainConfig:
-        limits.check({
-            "--val-split": (self.val_split, limits.FRACTION_OPEN),
-            "--img-size": (self.img_size, Range(16, MAX_SIZE)),
-            "--unfreeze": (self.unfreeze, limits.NON_NEGATIVE),
-            "--backbone-lr-scale": (self.backbone_lr_scale, Range(0, 1, open_lo=True)),
-            "--epochs": (self.epochs, Range(1, 100_000)),
-            "--batch-size": (self.batch_size, limits.BATCH),
-            "--lr": (self.lr, limits.POSITIVE),  # a huge one is legal: it diverges, and says so
-            "--weight-decay": (self.weight_decay, Range(0, 1)),
-            "--momentum": (self.momentum, Range(0, 1, open_hi=True)),
-            "--label-smoothing": (self.label_smoothing, Range(0, 1, open_hi=True)),
-            "--warmup-epochs": (self.warmup_epochs, limits.NON_NEGATIVE),
-            "--clip-grad": (self.clip_grad, limits.NON_NEGATIVE),
-            "--early-stop": (self.early_stop, limits.NON_NEGATIVE),
-            "--seed": (self.seed, limits.SEED),
-            "--feature-views": (self.feature_views, Range(0, 100)),
-            "--workers": (self.workers, limits.WORKERS),
-        })
-        checks = [
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-            (self.cache in CACHE_MODES, f"--cache must be one of {', '.join(CACHE_MODES)}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
+        check_fields(self)
+        limits.check({"momentum": (self.momentum, Range(0, 1, open_hi=True))})
         if self.data not in ("digits", "cifar10") and self.out:
             data, out = Path(self.data).resolve(), Path(self.out).resolve()
             if out == data or out.is_relative_to(data):

@@ -15,7 +15,7 @@ from ...evaluate import RunModel
 from ...fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from ...metrics import EvalResult
 from ...runtime.numerics import SIMULATED
-from ..options import ExportConfig, Log
+from ..config import ExportConfig, Log
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
 from .guard import NEXT_STEPS, run_guard

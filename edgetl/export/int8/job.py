@@ -14,7 +14,7 @@ from ...data.sources import Split, eval_transform, make_loader
 from ...images import Preprocess
 from ...metrics import EvalResult
 from ...runtime.base import Runner
-from ..options import ExportConfig, Log
+from ..config import ExportConfig, Log
 
 
 @dataclass

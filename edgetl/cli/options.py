@@ -1,0 +1,56 @@
+"""Typer options built from the config dataclasses' `edgetl.options.option` fields, so `finetune`,
+`export` and `bench` declare each flag once, where the library validates it."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import fields
+from enum import Enum
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from ..options import option_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_parameters(cls: type, skip: Collection[str] = ()) -> list[inspect.Parameter]:
+    """One keyword parameter per option field of ``cls``, annotated for Typer."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in fields(cls):
+        o = option_of(f)
+        if o is None or f.name in skip:
+            continue
+        args = typing.get_args(hints[f.name])
+        optional = type(None) in args
+        kind: Any = next(a for a in args if a is not type(None)) if optional else hints[f.name]
+        default = f.default
+        if o.choices is not None:
+            kind, default = o.choices, None if default is None else o.choices(default)
+        info = typer.Option(*o.flags, help=o.help, rich_help_panel=o.panel, metavar=o.metavar)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[Optional[kind] if optional else kind, info]))
+    return params
+
+
+def with_config(cls: type, skip: Collection[str] = ()) -> Callable[[F], F]:
+    """Give a command (declared with ``**config``) the options of ``cls``, listed before its own options."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        first = [p for p in own if p.default is p.empty]  # the context and the arguments
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not p.empty]
+        fn.__signature__ = sig.replace(parameters=first + config_parameters(cls, skip) + rest)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+def config_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parsed options as the config stores them: choices as their plain strings."""
+    return {k: v.value if isinstance(v, Enum) else v for k, v in config.items()}
