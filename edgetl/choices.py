@@ -41,6 +41,14 @@ class CacheMode(StrEnum):
     off = "off"
 
 
+class LogKind(StrEnum):
+    """Where `finetune --log` mirrors metrics.csv besides it."""
+
+    none = "none"
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 class CalibMethod(StrEnum):
     minmax = "minmax"
     entropy = "entropy"

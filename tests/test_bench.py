@@ -238,6 +238,25 @@ def test_terminal_table_leaves_optional_columns_out_rather_than_cutting_numbers(
             assert f"{r['p50_ms']:.3f}" in narrow and f"{r['top1']:.2f}" in narrow
 
 
+def test_rows_whose_rounds_disagree_are_marked_unstable(report: Report) -> None:
+    from rich.console import Console
+
+    from edgetl.bench.report import table
+
+    doc = report.to_dict()
+    ok = [r for r in doc["rows"] if r["status"] == "ok"]
+    shaky, steady = ok[0], ok[1]
+    shaky["p50_rounds_ms"] = [1.0, 1.25, 1.1]  # 25% apart: more than the gate's default 10%
+    steady["p50_rounds_ms"] = [1.0, 1.05, 1.02]
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(table(Report.from_dict(doc), 400))
+    lines = console.export_text().splitlines()
+    marked = [ln for ln in lines if "unstable" in ln]
+    assert len(marked) == 1 and "rounds 25% apart (limit 10%)" in marked[0]
+    assert shaky["backend"] in marked[0] and f"{shaky['p50_ms']:.3f}" in marked[0]
+    assert markdown(Report.from_dict(doc)).count("unstable") == 1
+
+
 def test_markdown_is_a_table(report: Report) -> None:
     text = markdown(report)
     table = [ln for ln in text.splitlines() if ln.startswith("|")]
@@ -252,8 +271,11 @@ def test_markdown_is_a_table(report: Report) -> None:
 def test_cli_writes_json_markdown_baseline_and_gates(tiny: Path, tmp_path: Path) -> None:
     base, doc, md = tmp_path / "base.json", tmp_path / "bench.json", tmp_path / "bench.md"
     args = [str(tiny), "--backends", "torch,ort-fp32,trt-int8", "--batch-size", "1", *QUICK]
-    r = cli(*args, "--json", str(doc), "--markdown", str(md), "--save-baseline", str(base), cwd=tmp_path)
+    plot = tmp_path / "bench.png"
+    r = cli(*args, "--json", str(doc), "--markdown", str(md), "--save-baseline", str(base), "--plot", str(plot),
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "2 row(s) drawn" in r.stderr and Image.open(plot).format == "PNG"  # trt-int8 has no GPU here
     assert "edgetl bench" in r.stdout and "ort-fp32" in r.stdout and "baseline written" in r.stdout
     saved = load_report(base)
     assert saved.to_dict()["rows"] == json.loads(doc.read_text())["rows"] and md.read_text().count("\n| ") == 4

@@ -20,6 +20,7 @@ POOL_BATCHES = 8  # distinct real batches the timed inputs rotate over
 E2E_MIN_SAMPLES = 20
 ACCURACY_BATCH = 64
 GATE_ROUNDS = 3  # default rounds when gating against a baseline
+MAX_REGRESSION = 0.10  # default latency tolerance of the gate; rounds further apart than this mark a row unstable
 
 
 Log = Callable[[str], None]
@@ -54,8 +55,8 @@ class BenchConfig:
                                  "may use).", TIMING, legal=Range(1, 1024))
     baseline: str | None = option(None, "Gate against an earlier --json report: exit 1 on a latency or accuracy "
                                   "regression.", GATE, metavar="FILE")
-    max_regression: float = option(0.10, "Largest accepted p50 latency growth against the baseline, as a fraction.",
-                                   GATE, legal=Range(0, 1000))  # 0.10 = 10%
+    max_regression: float = option(MAX_REGRESSION, "Largest accepted p50 latency growth against the baseline, as a fraction.",
+                                   GATE, legal=Range(0, 1000))
     max_drop: float = option(1.0, "Largest accepted top-1 drop against the baseline, in points.", GATE,
                              legal=limits.POINTS)
     save_baseline: str | None = option(None, "Write this report as a baseline (not when the gate fails).", GATE,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .gate import row_label
+from .config import MAX_REGRESSION
+from .gate import round_spread, row_label
 from .schema import Report
 from .timing import BUSY, busy_share
 
@@ -44,7 +45,17 @@ def _columns(report: Report) -> list[tuple[str, Callable[[dict[str, Any]], str]]
         cols.insert(0, ("run", lambda r: r["run"]))
     if report.roofline:
         cols.extend(ROOFLINE_COLUMNS)
-    return [*cols, ("status", lambda r: r["status"])]
+    tolerance = report.gate.max_regression if report.gate is not None else MAX_REGRESSION
+    return [*cols, ("status", lambda r: _status(r, tolerance))]
+
+
+def _status(row: dict[str, Any], tolerance: float) -> str:
+    """``ok``, or ``ok, unstable`` when the row's rounds disagree by more than the gate's tolerance: its p50
+    then says less than the table's digits suggest."""
+    spread = round_spread(row) if row["status"] == "ok" else None
+    if spread is not None and spread > tolerance:
+        return f"ok, unstable: rounds {spread:.0%} apart (limit {tolerance:.0%})"
+    return row["status"]
 
 
 def _display_rows(report: Report) -> list[dict[str, Any]]:
@@ -116,8 +127,10 @@ def table(report: Report, width: int | None = None) -> Any:
         t.add_column(header, justify="left" if header in ("run", "backend", "artifact", "status") else "right",
                      overflow="fold")  # a narrow terminal wraps a cell rather than hiding its end
     for r in rows:
-        style = None if r["status"] == "ok" else "dim" if r["status"].startswith("skipped") else "red"
-        t.add_row(*[escape(fn(r)) for _, fn in cols], style=style)
+        cells = [fn(r) for _, fn in cols]
+        style = ("yellow" if cells[-1] != "ok" else None) if r["status"] == "ok" else \
+            "dim" if r["status"].startswith("skipped") else "red"
+        t.add_row(*[escape(c) for c in cells], style=style)
     return t
 
 

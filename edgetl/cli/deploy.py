@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .. import limits
+from .. import limits, plots
 from ..bench.config import BACKENDS, ROWS, BenchConfig
 from ..choices import Device
 from ..errors import printable
@@ -98,6 +98,7 @@ def bench(
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.", rich_help_panel=ROWS)] = "1,8",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.", rich_help_panel=OUTPUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.", rich_help_panel=OUTPUT)] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw p50 latency against top-1 for every row into this PNG file.", rich_help_panel=OUTPUT)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress lines.", rich_help_panel=OUTPUT)] = False,
     **config: Any,
 ) -> None:
@@ -115,6 +116,8 @@ def bench(
 
         cfg = BenchConfig(targets=[str(t) for t in targets], backends=parse_backends(backends),
                           batch_sizes=parse_batch_sizes(batch_size), **config_values(config))
+        if plot is not None:
+            plots.require()
         report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
@@ -125,6 +128,9 @@ def bench(
             report.save(json_out)
         if markdown:
             atomic_write_text(markdown, to_markdown(report))
+        if plot is not None:
+            drawn = plots.latency_accuracy(report.rows, plot, f"edgetl bench on {report.environment['cpu']['model']}")
+            err_console.print(f"{drawn} row(s) drawn in {escape(str(plot))}", highlight=False)
         failed = report.gate is not None and not report.gate.passed
         if cfg.save_baseline:
             shown = escape(cfg.save_baseline)

@@ -10,17 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .. import limits
+from .. import limits, plots
 from ..errors import printable
-from ..train.config import DATA, TrainConfig
+from ..train.config import DATA, OUTPUT, TrainConfig
 from .app import app, err_console, out_console, run_command
 from .options import config_values, with_config
 from .render import print_eval
 
 if TYPE_CHECKING:  # the trainer imports torch; --help must not
     from ..train.loop import Summary
-
-OUTPUT = "Output"
 
 
 def _default_out(model: str, data: str) -> Path:
@@ -90,6 +88,9 @@ def train_with_display(cfg: TrainConfig, resume: bool, quiet: bool, as_json: boo
         hooks.close()
     if not quiet:
         console.print(summary_table(summary))
+        if not plots.available():
+            err_console.print(f"curves.png not drawn: matplotlib is not installed ({plots.INSTALL_HINT})",
+                              highlight=False, markup=False)
     return summary
 
 
@@ -99,13 +100,19 @@ def eval_cmd(
     data: Annotated[Optional[str], typer.Option(help="Evaluate on this ImageFolder (its val/ if present) instead of the run's own validation split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the confusion matrix as a heat map into this PNG file.")] = None,
 ) -> None:
     """Top-1/top-5, per-class accuracy and the confusion matrix of a run's best checkpoint."""
 
     def body() -> None:
         from ..evaluate import evaluate_run
 
+        if plot is not None:
+            plots.require()
         where, res, classes = evaluate_run(run, data, batch_size)
+        if plot is not None:
+            plots.confusion_heatmap(res.confusion, classes, plot, f"{run.name} on {where}: top-1 {res.top1:.2f}%")
+            err_console.print(f"confusion matrix drawn in {printable(str(plot))}", highlight=False, markup=False)
         if as_json:
             print(json.dumps({"data": where, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                               "per_class": dict(zip(classes, res.per_class())),

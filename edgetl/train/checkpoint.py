@@ -22,7 +22,7 @@ from ..models import torch_load_tensors
 from .config import TrainConfig
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint/1"
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json")
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "run.json", "data_check.json", "curves.png")
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds", "images_per_s")
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
-from ..choices import CacheMode, Device, Optimizer, Strategy
+from ..choices import CacheMode, Device, LogKind, Optimizer, Strategy
 from ..errors import UsageError
 from ..limits import Range
 from ..options import check_fields, option
 
-DATA, MODEL, TRAINING, AUGMENT, SPEED = "Data", "Model", "Training", "Augmentation", "Speed"
+DATA, MODEL, TRAINING, AUGMENT, SPEED, OUTPUT = "Data", "Model", "Training", "Augmentation", "Speed", "Output"
 
 
 @dataclass
@@ -66,6 +66,11 @@ class TrainConfig:
                                 "cycle through (0: one plain view).", SPEED, legal=Range(0, 100))
     compile: bool = option(False, "torch.compile the model (pays off on GPUs; takes minutes on a CPU).", SPEED,
                            flags=("--compile",))
+    log: str = option("none", "Also log metrics.csv and the configuration to TensorBoard (RUN/tensorboard) or "
+                      "to MLflow.", OUTPUT, choices=LogKind)
+    log_uri: str | None = option(None, "With --log mlflow: the tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                 "sqlite:///mlflow.db in the working directory, which `mlflow ui` opens).", OUTPUT,
+                                 metavar="URI")
 
     def validate(self) -> TrainConfig:
         check_fields(self)

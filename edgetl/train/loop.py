@@ -2,7 +2,8 @@
 
 Every epoch ends with an atomic last.pt (model, optimizer, scheduler, scaler), metrics.csv
 and run.json, written as one unit that SIGINT/SIGTERM wait for, so a run stopped or killed at
-any point resumes from its last complete epoch. Each epoch's randomness (shuffling,
+any point resumes from its last complete epoch (curves.png, drawn after them when matplotlib is
+installed, is a picture of metrics.csv and not needed to resume). Each epoch's randomness (shuffling,
 augmentation, dropout) is seeded from (seed, epoch), which is what makes a resumed run equal
 to an uninterrupted one. Weights that stopped being finite are never saved.
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import plots
 from ..data.check import DataReport, check_data
 from ..data.feed import CachedFeed, FeatureFeed, Feed, LoaderFeed, epoch_seed
 from ..data.sources import BUILTIN_SOURCES, DataSet, load_data
@@ -35,6 +37,7 @@ from ..images import Preprocess
 from ..metrics import EvalResult, Scorer
 from ..models import apply_strategy, build, set_train_mode
 from . import cpu_kernels as cputrain
+from . import logs
 from .checkpoint import (
     amp_name,
     best_payload,
@@ -98,6 +101,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
     out = Path(cfg.out)
     if not resume and (out / "last.pt").exists():
         raise UsageError(f"{out}: already holds a run; pass --resume {out} to continue it, or another --out")
+    logs.require(cfg.log)
     device = _device(cfg.device)
     report = None
     if check != "off" and cfg.data not in BUILTIN_SOURCES:
@@ -149,6 +153,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
     if report is not None and d.main:
         atomic_write_json(out / "data_check.json", report.to_dict())
     status = "running"
+    log = logs.open_log(cfg, out) if d.main else None
     convs = cputrain.FastConvs() if cputrain.applies(device, channels_last, amp_dtype, cfg.compile) else nullcontext()
     memory = cputrain.retain_freed_memory() if device.type == "cpu" else nullcontext()
     trainer = _Trainer(model, net, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, d, channels_last,
@@ -190,6 +195,10 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
                         save_checkpoint(out / "last.pt", last_payload(model, opt, sched, scaler, cfg, data, state))
                         write_metrics(out, history)
                         atomic_write_json(out / "run.json", with_metrics(run, state, status))
+                if d.main and plots.available():  # a picture of what metrics.csv holds; not needed to resume
+                    plots.training_curves(history, state["best_epoch"], out / "curves.png")
+                if log is not None:
+                    log.epoch(row)
                 hooks.epoch_end(row)
                 if stop:
                     break
@@ -199,14 +208,18 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
                     atomic_write_json(out / "run.json", with_metrics(run, state, status))
         except Interrupted:
             sig.ignore()  # a second Ctrl-C must not cut the last write short
+            status = "interrupted"
             if d.main and (out / "last.pt").exists():
-                atomic_write_json(out / "run.json", with_metrics(run, state, "interrupted"))
+                atomic_write_json(out / "run.json", with_metrics(run, state, status))
             raise
         except TrainingError as e:
+            status = "failed"
             if d.main and (out / "last.pt").exists():
-                atomic_write_json(out / "run.json", {**with_metrics(run, state, "failed"), "error": str(e)})
+                atomic_write_json(out / "run.json", {**with_metrics(run, state, status), "error": str(e)})
             raise
         finally:
+            if log is not None:
+                log.close(status)
             teardown_dist(d)
     return Summary(str(out), status, state["epoch"], state["best_epoch"], state["best_top1"], state["best_top5"], history)
 

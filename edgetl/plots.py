@@ -1,0 +1,114 @@
+"""Pictures for people: a run's training curves, a confusion matrix, and a bench report's latency against
+accuracy. Drawn with matplotlib, an optional extra (``pip install 'edgetl[plots]'``) imported only here
+and only when a picture is asked for; without it `finetune` still trains (and says how to get the
+curves) and ``--plot`` is a usage error that names the install command. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .fileio import atomic_write
+
+INSTALL_HINT = "pip install 'edgetl[plots]'"
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require() -> None:
+    """UsageError (exit 2) before any work, when a --plot cannot be drawn."""
+    if not available():
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _save(fig: Any, path: Path) -> None:
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
+
+
+def training_curves(history: Sequence[dict[str, float]], best_epoch: int, path: Path) -> None:
+    """Loss, and train/val top-1, against epochs, with the best epoch (the one in best.pt) marked."""
+    plt = _pyplot()
+    epochs = [int(r["epoch"]) for r in history]
+    fig, (loss, top1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    top1.plot(epochs, [r["train_top1"] for r in history], "o-", label="train")
+    top1.plot(epochs, [r["val_top1"] for r in history], "o-", label="val")
+    top1.set(xlabel="epoch", ylabel="top-1 (%)", title="top-1")
+    for ax in (loss, top1):
+        if best_epoch in epochs:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _save(fig, path)
+
+
+def confusion_heatmap(confusion: Any, classes: Sequence[str], path: Path, title: str) -> None:
+    """Rows: true class, columns: predicted, each row as a share of its images (counts written in cells)."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    side = min(max(4.0, 0.45 * n + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), labels=classes, rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), labels=classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if n <= 30:  # beyond that the numbers are unreadable; the colours still show the pattern
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    _save(fig, path)
+
+
+def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
+    """p50 latency (log scale) against top-1 for every measured row, one marker per backend and a label per
+    point; returns the number of points drawn (rows that were skipped or failed have neither)."""
+    plt = _pyplot()
+    points = [r for r in rows if r.get("p50_ms") is not None and r.get("top1") is not None]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^v<>P*X"
+    backends = sorted({r["backend"] for r in points})
+    for k, backend in enumerate(backends):
+        mine = [r for r in points if r["backend"] == backend]
+        ax.scatter([r["p50_ms"] for r in mine], [r["top1"] for r in mine], marker=markers[k % len(markers)],
+                   s=60, label=backend)
+        for r in mine:
+            ax.annotate(f"b{r['batch_size']}", (r["p50_ms"], r["top1"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="p50 latency per batch (ms, log scale)", ylabel="top-1 (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    if backends:
+        ax.legend()
+    _save(fig, path)
+    return len(points)
