@@ -15,6 +15,7 @@ from .errors import ArtifactError, DataError, one_line
 from .images import Preprocess
 from .metrics import EvalResult, Scorer
 from .models import build
+from .progress import Tick
 from .runtime import Predictor, Runner
 from .runtime.base import is_torch_artifact
 from .runtime.torch import TorchRunner
@@ -82,11 +83,14 @@ def evaluate_run(run: Path, data: str | None = None, batch_size: int = 64, worke
 
 
 def evaluate_runner(runner: Runner, split: Split, pp: Preprocess, num_classes: int, batch_size: int = 64,
-                    workers: int = 0) -> EvalResult:
-    """Accuracy of any backend's runner through the same preprocessing code path as `edgetl eval`."""
+                    workers: int = 0, tick: Tick | None = None) -> EvalResult:
+    """Accuracy of any backend's runner through the same preprocessing code path as `edgetl eval`;
+    ``tick(n)`` after each batch of n images."""
     scorer = Scorer(num_classes)
     for x, y in make_loader(split, eval_transform(pp), batch_size, shuffle=False, workers=workers):
         scorer.update(runner.run(x.numpy()), y.numpy())
+        if tick is not None:
+            tick(len(y))
     return scorer.result()
 
 

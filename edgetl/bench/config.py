@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import limits
@@ -23,7 +22,6 @@ GATE_ROUNDS = 3  # default rounds when gating against a baseline
 MAX_REGRESSION = 0.10  # default latency tolerance of the gate; rounds further apart than this mark a row unstable
 
 
-Log = Callable[[str], None]
 ROWS, TIMING, GATE = "Rows", "Timing", "Gate"
 
 

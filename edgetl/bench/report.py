@@ -11,7 +11,6 @@ from .gate import round_spread, row_label
 from .schema import Report
 from .timing import BUSY, busy_share
 
-
 COLUMNS = (  # (header, row -> text); the terminal table and the markdown share them
     ("backend", lambda r: r["backend"]),
     ("artifact", lambda r: r["artifact"] or "-"),

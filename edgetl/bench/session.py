@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,9 +17,10 @@ from .. import __version__, machine
 from ..errors import EdgetlError, UsageError, one_line
 from ..images import ImageSource
 from ..metrics import EvalResult
+from ..progress import Log, as_log
 from ..runtime.base import Runner
 from ..runtime.verify import file_sha256
-from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig, Log
+from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig
 from .environment import environment
 from .gate import RECHECKS, gate, key_of
 from .inputs import Inputs, accuracy, have_torch, validation_images
@@ -37,7 +39,8 @@ from .timing import (
     sample,
 )
 
-def run_bench(cfg: BenchConfig, log: Log | None = None) -> Report:
+
+def run_bench(cfg: BenchConfig, log: Log | Callable[[str], None] | None = None) -> Report:
     """Measure every row, gate against the baseline when one is given, return the report (see README).
 
     With ``save_baseline`` the report is written there too, unless `baseline_refusal` says why not: a
@@ -45,7 +48,7 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> Report:
     """
     cfg.validate()
     baseline = load_report(Path(cfg.baseline)) if cfg.baseline else None  # a bad baseline fails before the work
-    session = _Session(cfg, log or (lambda _m: None))
+    session = _Session(cfg, as_log(log))
     targets = plan(cfg)
     if cfg.verify:
         from ..runtime.verify import verify_artifact
@@ -197,19 +200,22 @@ class _Session:
     def _measure(self, lives: list[Live], rounds: range, only: set[tuple] | None) -> None:
         cfg = self.cfg
         per_round = math.ceil(MIN_SAMPLES / cfg.n_rounds)
-        for r in rounds:
-            shift = r % max(len(lives), 1)
-            for lv in lives[shift:] + lives[:shift]:
-                for bs in cfg.batch_sizes:
-                    if only is not None and key_of(lv.row_id(bs)) not in only:
-                        continue
-                    samples = sample(lv.model_timers[bs], cfg.warmup, cfg.iters, cfg.seconds, per_round)
-                    lv.rounds.setdefault(bs, []).append(samples)
-                    if r == 0 and lv.e2e_timers:
-                        lv.e2e[bs] = sample(lv.e2e_timers[bs], min(cfg.warmup, 2), cfg.iters, cfg.seconds / 2,
-                                            E2E_MIN_SAMPLES)
-                    self.log(f"round {r + 1}: {lv.item.backend} ({_artifact_name(lv.item)}) batch {bs}: "
-                             f"p50 {np.median(samples):.3f} ms")
+        todo = {(id(lv), bs) for lv in lives for bs in cfg.batch_sizes if only is None or key_of(lv.row_id(bs)) in only}
+        with self.log.task(f"timing {len(todo)} row(s) x {len(rounds)} round(s)", len(todo) * len(rounds)) as tick:
+            for r in rounds:
+                shift = r % max(len(lives), 1)
+                for lv in lives[shift:] + lives[:shift]:
+                    for bs in cfg.batch_sizes:
+                        if (id(lv), bs) not in todo:
+                            continue
+                        samples = sample(lv.model_timers[bs], cfg.warmup, cfg.iters, cfg.seconds, per_round)
+                        lv.rounds.setdefault(bs, []).append(samples)
+                        if r == 0 and lv.e2e_timers:
+                            lv.e2e[bs] = sample(lv.e2e_timers[bs], min(cfg.warmup, 2), cfg.iters, cfg.seconds / 2,
+                                                E2E_MIN_SAMPLES)
+                        self.log(f"round {r + 1}: {lv.item.backend} ({_artifact_name(lv.item)}) batch {bs}: "
+                                 f"p50 {np.median(samples):.3f} ms")
+                        tick()
 
     def judge(self, targets: list[Target], rows: list[dict[str, Any]], env: dict[str, Any],
               baseline: Report) -> tuple[list[dict[str, Any]], dict[str, Any]]:

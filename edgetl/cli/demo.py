@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, out_console, run_command
+from .log import ConsoleLog
 from .render import artifact_table, print_eval
 from .train import train_with_display
 
@@ -36,7 +37,7 @@ def demo(
         print_eval(where, res, classes)
         out_console.rule("export")
         report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, fp16=True, calib_size=256),
-                        log=lambda m: out_console.print(m, highlight=False, markup=False))
+                        log=ConsoleLog(out_console))
         out_console.print(artifact_table(report))
         out_console.rule("bench")
         from ..bench.config import BenchConfig
@@ -45,7 +46,7 @@ def demo(
 
         bench_report = run_bench(BenchConfig(targets=[str(run)], backends=("torch", "ort-fp32", "ort-fp16", "ort-int8"),
                                              batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
-                                 log=lambda m: out_console.print(m, highlight=False, markup=False))
+                                 log=ConsoleLog(out_console))
         out_console.print(table(bench_report, out_console.width))
         int8, share = report.accuracy["int8"], report.int8 or {}
         out_console.print(

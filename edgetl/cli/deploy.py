@@ -14,6 +14,7 @@ from ..bench.config import BACKENDS, ROWS, BenchConfig
 from ..choices import Device
 from ..errors import printable
 from .app import app, err_console, out_console, run_command
+from .log import ConsoleLog
 from .options import config_values, with_config
 
 OUTPUT = "Output"
@@ -118,7 +119,7 @@ def bench(
                           batch_sizes=parse_batch_sizes(batch_size), **config_values(config))
         if plot is not None:
             plots.require()
-        report = run_bench(cfg, log=None if quiet else lambda m: err_console.print(escape(m), highlight=False))
+        report = run_bench(cfg, log=None if quiet else ConsoleLog(err_console))
         out_console.print(table(report, out_console.width))
         lines = gate_lines(report)
         for i, line in enumerate(lines):

@@ -11,6 +11,7 @@ import typer
 from ..errors import printable
 from ..export.config import ARTIFACTS, ExportConfig
 from .app import app, err_console, out_console, run_command
+from .log import ConsoleLog
 from .options import config_values, with_config
 from .render import artifact_table
 
@@ -29,7 +30,7 @@ def export_cmd(
 
         cfg = ExportConfig(run=str(run), **config_values(config))
         console = err_console if as_json else out_console
-        report = export(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
+        report = export(cfg, log=ConsoleLog(console))
         if as_json:
             print(json.dumps(report.__dict__, default=str))
             return

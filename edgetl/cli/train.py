@@ -14,6 +14,7 @@ from .. import limits, plots
 from ..errors import printable
 from ..train.config import DATA, OUTPUT, TrainConfig
 from .app import app, err_console, out_console, run_command
+from .log import ConsoleLog
 from .options import config_values, with_config
 from .render import print_eval
 
@@ -144,7 +145,8 @@ def check_data_cmd(
         from ..data.check import check_data
 
         limits.check({"--limit": (limit, limits.NON_NEGATIVE)})
-        report = check_data(path, calib, min_side=min_side, max_megapixels=max_megapixels, workers=workers)
+        report = check_data(path, calib, min_side=min_side, max_megapixels=max_megapixels, workers=workers,
+                            log=ConsoleLog(err_console, brief=True))
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
         else:

@@ -32,7 +32,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import limits
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS, load_rgb, max_pixels as bomb_limit
+from ..images import IMAGE_EXTENSIONS, load_rgb
+from ..images import max_pixels as bomb_limit
+from ..progress import Log, Tick, no_tick
 
 MIN_SIDE = 16  # px: a shorter side below this is mostly upsampling noise at any model input size
 MAX_PIXELS = 40_000_000  # decoding dominates training time long before Pillow's bomb limit (~89 MP)
@@ -217,7 +219,7 @@ class DataReport:
 
 def check_data(root: Path, calib: Path | None = None, *, val_split: float | None = None,
                min_side: int = MIN_SIDE, max_megapixels: float = MAX_PIXELS / 1e6,
-               workers: int | None = None) -> DataReport:
+               workers: int | None = None, log: Log | None = None) -> DataReport:
     """List the folders `--data root` trains from (and ``calib``), decode every image, report findings."""
     limits.check({"--min-side": (min_side, limits.NON_NEGATIVE), "--max-megapixels": (max_megapixels, limits.POSITIVE),
                   "--workers": (workers, limits.WORKERS)})
@@ -235,7 +237,8 @@ def check_data(root: Path, calib: Path | None = None, *, val_split: float | None
     findings = [f for lst in listings.values() for f in lst.findings]
     findings += _class_differences(listings)
     files = [p for lst in listings.values() for p in lst.files]
-    results = decode_all(files, min_side, max_pixels, workers)
+    with (log or Log()).task(f"decoding {len(files)} images", len(files)) as tick:
+        results = decode_all(files, min_side, max_pixels, workers, tick)
     modes: Counter[str] = Counter()
     sizes: list[tuple[int, int]] = []
     bad: set[Path] = set()
@@ -313,15 +316,24 @@ def _class_differences(listings: dict[str, Listing]) -> list[Finding]:
 
 
 def decode_all(files: list[Path], min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS,
-               workers: int | None = None) -> list[tuple[str | None, tuple[int, int], Finding | None]]:
+               workers: int | None = None, tick: Tick = no_tick) -> list[tuple[str | None, tuple[int, int], Finding | None]]:
     """(mode, size, finding) per file, decoded in parallel; order follows ``files``."""
     n = workers or min(8, os.cpu_count() or 1)
+    results = []
+
+    def collect(decoded: Iterable[tuple[str | None, tuple[int, int], Finding | None]]) -> None:
+        for result in decoded:
+            results.append(result)
+            tick()
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's per-file EXIF/palette notes; bombs are checked explicitly
         if n <= 1 or len(files) < 64:
-            return [_decode(p, min_side, max_pixels) for p in files]
-        with ThreadPoolExecutor(n, thread_name_prefix="check-data") as ex:
-            return list(ex.map(lambda p: _decode(p, min_side, max_pixels), files, chunksize=32))
+            collect(_decode(p, min_side, max_pixels) for p in files)
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="check-data") as ex:
+                collect(ex.map(lambda p: _decode(p, min_side, max_pixels), files, chunksize=32))
+    return results
 
 
 def _decode(path: Path, min_side: int, max_pixels: int) -> tuple[str | None, tuple[int, int], Finding | None]:

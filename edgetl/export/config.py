@@ -73,9 +73,3 @@ class ExportReport:
     int8: dict[str, Any] | None = None  # Int8Share.to_dict() of model.int8.onnx
     notes: list[str] = field(default_factory=list)
     ok: bool = True
-
-
-class Log:
-    """Progress lines from export; the CLI prints them, tests ignore them."""
-
-    def __call__(self, msg: str) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ from ..data.sources import eval_transform, make_loader, run_data
 from ..errors import ArtifactError, EdgetlError
 from ..evaluate import RunModel, load_run_model
 from ..fileio import atomic_write_json, folder_lock, sha256_file
+from ..progress import Log, as_log
+from .config import ExportConfig, ExportReport
 from .fp16 import MIN_FP16_AGREEMENT, to_fp16
 from .onnx import INPUT_NAME, OUTPUT_NAME, agreement, export_onnx, verify_against_torch, verify_batch
-from .config import ExportConfig, ExportReport, Log
 
 
-def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
+def export(cfg: ExportConfig, log: Log | Callable[[str], None] | None = None) -> ExportReport:
     """Write and verify every artifact; raise EdgetlError if one fails its check (it is removed, the
     others are still made) or INT8 cannot meet ``max_drop``. Afterwards the folder holds exactly the
     artifacts its manifest lists: none from an earlier export, none that failed."""
@@ -32,7 +34,7 @@ def export(cfg: ExportConfig, log: Log | None = None) -> ExportReport:
             shutil.rmtree(stale, ignore_errors=True)
         (out / "manifest.json").unlink(missing_ok=True)  # nothing from an earlier export is vouched for now
         try:
-            return _export(cfg, rm, ds, out, log or Log())
+            return _export(cfg, rm, ds, out, as_log(log))
         finally:
             _sweep_unlisted(out)
 
@@ -72,7 +74,8 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> Ex
     failures: list[EdgetlError] = []
     if cfg.fp16:
         fp16_path = out / "model.fp16.onnx"
-        to_fp16(onnx_path, fp16_path)
+        with log.task("converting to FP16"):
+            to_fp16(onnx_path, fp16_path)
         agree = agreement(OrtRunner(onnx_path, own=True), OrtRunner(fp16_path, own=True), x_verify)
         if agree["top1_agreement"] < MIN_FP16_AGREEMENT:
             fp16_path.unlink()
@@ -89,8 +92,9 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> Ex
     if cfg.int8:
         from .int8.build import build_int8
 
-        log(f"evaluating FP32 ONNX on {len(ds.val)} validation images")
-        fp32_acc = evaluate_runner(OrtRunner(onnx_path, own=True), ds.val, rm.preprocess, len(rm.classes))
+        with log.task(f"FP32 ONNX top-1 on {len(ds.val)} validation images", len(ds.val)) as tick:
+            fp32_acc = evaluate_runner(OrtRunner(onnx_path, own=True), ds.val, rm.preprocess, len(rm.classes),
+                                       tick=tick)
         report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5, "numerics": ORT_CPU}
         fp32_entry["accuracy"] = report.accuracy["fp32"]
         int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log)

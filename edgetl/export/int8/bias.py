@@ -51,10 +51,10 @@ def correct_biases(job: Int8Job, q: Any, prep: Any) -> int:
         return [o.astype(np.float64).mean(axis=(0, 2, 3)) for o in outs]
 
     ref = means(prep, False, ref_names)
-    for k, conv in enumerate(convs):
-        biases.shift(conv, ref[k] - means(q, True, [names[k]])[0])
-        if (k + 1) % max(1, len(convs) // 4) == 0:
-            job.log(f"  bias correction: {k + 1}/{len(convs)} layers")
+    with job.log.task(f"bias correction of {len(convs)} quantized convolutions", len(convs)) as tick:
+        for k, conv in enumerate(convs):
+            biases.shift(conv, ref[k] - means(q, True, [names[k]])[0])
+            tick()
     return len(convs)
 
 

@@ -14,8 +14,9 @@ from ...data.sources import DataSet
 from ...evaluate import RunModel
 from ...fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from ...metrics import EvalResult
+from ...progress import Log
 from ...runtime.numerics import SIMULATED
-from ..config import ExportConfig, Log
+from ..config import ExportConfig
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
 from .guard import NEXT_STEPS, run_guard
@@ -47,9 +48,10 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
         if reused:
             log(f"reusing calibration ranges from {cache} ({cfg.calib_method}, {len(split)} images)")
         else:
-            log(f"calibrating on {len(split)} images ({cfg.calib_method})")
             cache.unlink(missing_ok=True)
-            atomic_write_json(cache, {**calibrate(prep, split, rm.preprocess, cfg.calib_method, work), "edgetl_key": key})
+            with log.task(f"calibrating on {len(split)} images ({cfg.calib_method})", len(split)) as tick:
+                ranges = calibrate(prep, split, rm.preprocess, cfg.calib_method, work, tick)
+            atomic_write_json(cache, {**ranges, "edgetl_key": key})
         calibration["seconds"] = round(time.perf_counter() - t0, 2)
         floats = [] if cfg.quantize_stem else stem_nodes(prep)
         calibration["float_stem"] = floats
@@ -61,7 +63,6 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
             t0 = time.perf_counter()
             n = correct_biases(job, q, prep_model)
             calibration["bias_correction"] = {"layers": n, "seconds": round(time.perf_counter() - t0, 1)}
-            log(f"bias correction: {n} layer(s) in {calibration['bias_correction']['seconds']:.0f} s")
         acc = job.simulated(q, "q-eval.onnx")
         drop = fp32_acc.top1 - acc.top1
         log(f"top-1 on {acc.images} validation images (INT8 simulated in float): FP32 {fp32_acc.top1:.2f}%, "

@@ -23,6 +23,7 @@ from ...data.sources import DataSet, Split, eval_transform, load_data, make_load
 from ...errors import DataError, UsageError
 from ...fileio import atomic_folder, atomic_write_json
 from ...images import Preprocess
+from ...progress import Tick, no_tick
 
 CALIB_METHODS = values(CalibMethod)
 CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache files are not reused
@@ -74,15 +75,19 @@ class CalibrationReader:
     """Feeds calibration images one at a time: ONNX Runtime's Entropy and Percentile calibrators
     fail on batches larger than 1 (their histograms are collected per sample)."""
 
-    def __init__(self, split: Split, pp: Preprocess) -> None:
+    def __init__(self, split: Split, pp: Preprocess, tick: Tick = no_tick) -> None:
         self.loader = make_loader(split, eval_transform(pp), 1, shuffle=False, workers=0)
         self.it: Iterator[Any] | None = None
+        self.tick = tick
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.it is None:
             self.it = iter(self.loader)
         batch = next(self.it, None)
-        return None if batch is None else {"input": batch[0].numpy()}
+        if batch is None:
+            return None
+        self.tick()
+        return {"input": batch[0].numpy()}
 
     def rewind(self) -> None:
         self.it = None
@@ -97,7 +102,7 @@ def prepare(onnx_path: Path, work: Path) -> Path:
     return prep
 
 
-def calibrate(prep: Path, split: Split, pp: Any, method: str, work: Path) -> dict[str, Any]:
+def calibrate(prep: Path, split: Split, pp: Any, method: str, work: Path, tick: Tick = no_tick) -> dict[str, Any]:
     """Activation ranges as ONNX Runtime's JSON (TensorsData.to_dict).
 
     Called directly rather than through quantize_static, whose Entropy calibrator keeps 128
@@ -116,7 +121,7 @@ def calibrate(prep: Path, split: Split, pp: Any, method: str, work: Path) -> dic
                                    augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=calib_method(method), extra_options=options)
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-        calibrator.collect_data(CalibrationReader(split, pp))
+        calibrator.collect_data(CalibrationReader(split, pp, tick))
         ranges = calibrator.compute_data()
     save_tensors_data(ranges, work / "ranges.json")
     return json.loads((work / "ranges.json").read_text())

@@ -43,13 +43,12 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
 
     base_err = error(q)
     candidates = quantized_nodes(q)
-    log(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on {len(probe)} images")
     gains: dict[str, float] = {}
-    step = max(1, len(candidates) // 5)
-    for i, name in enumerate(candidates, 1):
-        gains[name] = base_err - error(floater.floated([name]))
-        if i % step == 0 or i == len(candidates):
-            log(f"  ranked {i}/{len(candidates)} layers ({time.perf_counter() - t0:.0f} s)")
+    with log.task(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
+                  f"{len(probe)} images", len(candidates)) as tick:
+        for name in candidates:
+            gains[name] = base_err - error(floater.floated([name]))
+            tick()
     order = sorted(candidates, key=lambda n: -gains[n])
     # the most layers that can float while min_int8 of the MACs stay in INT8
     base = int8_share(q, job.macs)

@@ -13,8 +13,9 @@ import numpy as np
 from ...data.sources import Split, eval_transform, make_loader
 from ...images import Preprocess
 from ...metrics import EvalResult
+from ...progress import Log
 from ...runtime.base import Runner
-from ..config import ExportConfig, Log
+from ..config import ExportConfig
 
 
 @dataclass
