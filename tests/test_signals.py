@@ -50,6 +50,17 @@ def _after_epoch(run: Path, proc: subprocess.Popen[str], epoch: int, timeout: fl
     pytest.fail(f"no epoch {epoch} within {timeout} s")
 
 
+def _after_curves(run: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Block until curves.png is drawn (after an epoch's files, when matplotlib is installed)."""
+    from edgetl import plots
+
+    deadline = time.monotonic() + timeout
+    while plots.available() and not (run / "curves.png").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no curves.png within {timeout} s")
+        time.sleep(0.02)
+
+
 def _assert_consistent(run: Path, epochs: int) -> int:
     """last.pt, best.pt, metrics.csv and run.json agree on the last complete epoch; no temporaries left."""
     last = torch.load(run / "last.pt", weights_only=True)
@@ -101,15 +112,19 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     run = tmp_path / "run"
     proc = _start("finetune", *TRAIN, "--epochs", "3", "--out", str(run))
     secs = _after_epoch(run, proc, 1)
+    _after_curves(run, proc)
     time.sleep(0.5 * secs)
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     done = _assert_consistent(run, 3)
+    # what a kill while curves.png was being drawn leaves (the picture comes after the epoch's files)
+    (run / ".curves.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
 
     r = subprocess.run([*EDGETL, "finetune", "--resume", str(run), "--quiet"], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert not list(run.glob(".*.tmp"))
 
     cfg = TrainConfig.from_dict(json.loads((run / "run.json").read_text())["config"])
     cfg.out = str(tmp_path / "straight")
