@@ -91,24 +91,26 @@ def confusion_heatmap(confusion: Any, classes: Sequence[str], path: Path, title:
 
 
 def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
-    """p50 latency (log scale) against top-1 for every measured row, one marker per backend and a label per
-    point; returns the number of points drawn (rows that were skipped or failed have neither)."""
+    """p50 latency (log scale) against top-1 for every measured row, one marker per backend and artifact, each
+    point labelled with its batch size; returns the number of points drawn (skipped or failed rows have
+    neither)."""
     plt = _pyplot()
     points = [r for r in rows if r.get("p50_ms") is not None and r.get("top1") is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = "osD^v<>P*X"
-    backends = sorted({r["backend"] for r in points})
-    for k, backend in enumerate(backends):
-        mine = [r for r in points if r["backend"] == backend]
+    series = sorted({(r["backend"], r["artifact"], r.get("numerics") == "simulated") for r in points})
+    for k, (backend, artifact, simulated) in enumerate(series):
+        mine = [r for r in points if (r["backend"], r["artifact"]) == (backend, artifact)]
+        label = f"{backend} {artifact}" + (" (top-1 simulated)" if simulated else "")
         ax.scatter([r["p50_ms"] for r in mine], [r["top1"] for r in mine], marker=markers[k % len(markers)],
-                   s=60, label=backend)
+                   s=60, label=label)
         for r in mine:
             ax.annotate(f"b{r['batch_size']}", (r["p50_ms"], r["top1"]), textcoords="offset points",
                         xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set(xlabel="p50 latency per batch (ms, log scale)", ylabel="top-1 (%)", title=title)
     ax.grid(alpha=0.3, which="both")
-    if backends:
-        ax.legend()
+    if series:
+        ax.legend(fontsize=8)
     _save(fig, path)
     return len(points)
