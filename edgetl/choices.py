@@ -49,6 +49,14 @@ class LogKind(StrEnum):
     mlflow = "mlflow"
 
 
+class CamMethod(StrEnum):
+    """How `edgetl explain` draws class-activation maps (pytorch-grad-cam's methods)."""
+
+    gradcam = "gradcam"
+    gradcam_pp = "gradcam++"
+    eigencam = "eigencam"
+
+
 class CalibMethod(StrEnum):
     minmax = "minmax"
     entropy = "entropy"

@@ -30,7 +30,7 @@ def require() -> None:
         raise UsageError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
@@ -39,16 +39,16 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
 
 
 def training_curves(history: Sequence[dict[str, float]], best_epoch: int, path: Path) -> None:
     """Loss, and train/val top-1, against epochs, with the best epoch (the one in best.pt) marked."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(r["epoch"]) for r in history]
     fig, (loss, top1) = plt.subplots(1, 2, figsize=(10, 3.8))
     loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -63,14 +63,14 @@ def training_curves(history: Sequence[dict[str, float]], best_epoch: int, path: 
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def confusion_heatmap(confusion: Any, classes: Sequence[str], path: Path, title: str) -> None:
     """Rows: true class, columns: predicted, each row as a share of its images (counts written in cells)."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.asarray(confusion, dtype=np.int64)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
@@ -87,14 +87,14 @@ def confusion_heatmap(confusion: Any, classes: Sequence[str], path: Path, title:
                 if counts[i, j]:
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if shares[i, j] > 0.5 else "black")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
     """p50 latency (log scale) against top-1 for every measured row, one marker per backend and artifact, each
     point labelled with its batch size; returns the number of points drawn (skipped or failed rows have
     neither)."""
-    plt = _pyplot()
+    plt = pyplot()
     points = [r for r in rows if r.get("p50_ms") is not None and r.get("top1") is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = "osD^v<>P*X"
@@ -112,5 +112,5 @@ def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
     ax.grid(alpha=0.3, which="both")
     if series:
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return len(points)

@@ -18,6 +18,7 @@ from ..errors import EdgetlError, UsageError, one_line
 from ..images import ImageSource
 from ..metrics import EvalResult
 from ..progress import Log, as_log
+from ..runtime.numerics import judging_runner
 from ..runtime.base import Runner
 from ..runtime.verify import file_sha256
 from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig
@@ -173,7 +174,7 @@ class _Session:
             return f"failed: {one_line(e)}"
         try:
             self.log(f"{item.backend} ({item.artifact.name}): accuracy on {len(items)} images")
-            judge, numerics = _accuracy_runner(runner)
+            judge, numerics = judging_runner(runner)
             try:
                 acc = accuracy(judge, items, labels, target.preprocess, len(target.classes), self.torch_ok)
             finally:
@@ -287,23 +288,6 @@ class _Session:
     def close(self) -> None:
         for lv in self.lives:
             lv.runner.close()
-
-
-def _accuracy_runner(runner: Runner) -> tuple[Runner, str]:
-    """The runner whose numbers count for accuracy, and which numerics those are. A TensorRT-layout INT8
-    file on a CPU is judged in float simulation (what TensorRT approximates), never by the host's
-    integer kernels; latency is still timed on ``runner``."""
-    from ..runtime.numerics import SIMULATED, TENSORRT
-
-    if runner.backend == "tensorrt":
-        return runner, TENSORRT
-    if runner.backend == "onnxruntime":
-        if runner.int8_layout == "tensorrt" and runner.device == "cpu":
-            from ..runtime.onnxruntime import OrtRunner
-
-            return OrtRunner(runner.path, threads=runner.threads, own=True, simulate=True), SIMULATED
-        return runner, runner.numerics
-    return runner, f"torch-{runner.device}"
 
 
 def _artifact_name(item: Item) -> str | None:

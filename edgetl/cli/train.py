@@ -1,4 +1,4 @@
-"""`edgetl finetune`, `eval`, `check-data` and `models`."""
+"""`edgetl finetune`, `eval`, `check-data`, `models` and `explain`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .. import limits, plots
 from ..errors import printable
+from ..explain.config import ExplainConfig
 from ..train.config import DATA, OUTPUT, TrainConfig
 from .app import app, err_console, out_console, run_command
 from .log import ConsoleLog
@@ -181,5 +182,31 @@ def models(
         out_console.print(t)
         if all_models:
             out_console.print("(timm's offline state is not probed with --all; filter with --filter to see it)")
+
+    run_command(body)
+
+
+@app.command()
+@with_config(ExplainConfig, skip=("run", "images"))
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `edgetl finetune`.")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Images or folders to explain (default: a stratified sample of the validation split).")] = None,
+    **config: Any,
+) -> None:
+    """What the model looks at (class-activation maps), what fine-tuning changed (per-stage weight change,
+    confusions), and what INT8 changed (the images whose prediction flips): a report folder with index.html
+    and explain.json."""
+
+    def body() -> None:
+        from ..explain.report import explain as run_explain
+
+        cfg = ExplainConfig(run=str(run), images=tuple(str(p) for p in images or ()), **config_values(config))
+        doc = run_explain(cfg, ConsoleLog(err_console))
+        int8 = doc["what_int8_changed"]
+        out_console.print(
+            f"report in {printable(str(cfg.out_dir / 'index.html'))}: {len(doc['where_the_model_looks']['images'])} "
+            f"image(s) explained; {doc['what_finetuning_changed']['summary']}"
+            + (f" INT8: {int8['flips']} flip(s), net {int8['delta_top1']:+.2f} points." if int8 else ""),
+            highlight=False, markup=False)
 
     run_command(body)

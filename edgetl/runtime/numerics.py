@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..machine import cpu_flags
+
+if TYPE_CHECKING:
+    from .base import Runner
 
 SIMULATED = "simulated"
 ORT_CPU = "onnxruntime-cpu"
@@ -65,3 +69,18 @@ def int8_layout(path: Path) -> str | None:
     if not zps:
         return None
     return "cpu" if onnx.TensorProto.UINT8 in zps else "tensorrt"
+
+
+def judging_runner(runner: Runner) -> tuple[Runner, str]:
+    """The runner whose numbers count for accuracy, and which numerics those are. A TensorRT-layout INT8
+    file on a CPU is judged in float simulation (what TensorRT approximates), never by the host's
+    integer kernels; latency is still timed on ``runner``."""
+    if runner.backend == "tensorrt":
+        return runner, TENSORRT
+    if runner.backend == "onnxruntime":
+        if runner.int8_layout == "tensorrt" and runner.device == "cpu":
+            from .onnxruntime import OrtRunner
+
+            return OrtRunner(runner.path, threads=runner.threads, own=True, simulate=True), SIMULATED
+        return runner, runner.numerics
+    return runner, f"torch-{runner.device}"
