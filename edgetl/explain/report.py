@@ -36,7 +36,8 @@ from ..evaluate import RunModel, eval_split, load_run_model
 from ..fileio import atomic_folder, atomic_write_json
 from ..images import load_rgb
 from ..models import apply_strategy, build, stages
-from ..progress import Log, as_log
+from ..progress import Log, Tick, as_log
+from ..runtime.base import Runner
 from .config import ExplainConfig
 from .page import page
 
@@ -79,10 +80,10 @@ def explain(cfg: ExplainConfig, log: Log | None = None) -> dict[str, Any]:
         (out / "images").mkdir()
         where, val = eval_split(rm, None)
         with log.task(f"predicting {len(val)} validation images", len(val)) as tick:
-            probs, labels, int8_probs = _predict_all(rm, val, cfg.batch_size, runner, tick)
+            probs, labels, int8_logits = _predict_all(rm, val, cfg.batch_size, runner, tick)
         looks = _where_it_looks(cfg, files, rm, val, probs, labels, out, log)
-        changed = _what_finetuning_changed(rm, val, probs, labels, out)
-        int8 = _what_int8_changed(cfg, rm, val, probs, labels, int8_probs, artifact, out) if runner else None
+        changed = _what_finetuning_changed(cfg, rm, val, probs, labels, out)
+        int8 = _what_int8_changed(cfg, rm, val, probs, labels, int8_logits, artifact, out) if runner else None
         doc = {"run": str(run), "data": where, "method": cfg.method, "model": rm.run["model"],
                "classes": rm.classes, "where_the_model_looks": looks, "what_finetuning_changed": changed,
                "what_int8_changed": int8}
@@ -101,7 +102,7 @@ def _artifact(cfg: ExplainConfig, run: Path) -> Path | None:
     return default if default.is_file() else None
 
 
-def _int8_runner(artifact: Path, rm: RunModel) -> Any:
+def _int8_runner(artifact: Path, rm: RunModel) -> Runner:
     """The artifact's runner as its accuracy is judged (a TensorRT-layout file on CPU: float simulation)."""
     from ..runtime.numerics import judging_runner
     from ..runtime.predictor import Predictor
@@ -119,7 +120,9 @@ def _batches(rm: RunModel, split: Split, batch_size: int) -> Any:
     return make_loader(split, eval_transform(rm.preprocess), batch_size, shuffle=False, workers=0)
 
 
-def _predict_all(rm: RunModel, val: Split, batch_size: int, runner: Any, tick: Any) -> tuple[np.ndarray, ...]:
+def _predict_all(rm: RunModel, val: Split, batch_size: int, runner: Runner | None,
+                 tick: Tick) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """best.pt's probabilities, the labels, and the INT8 runner's logits, in one pass."""
     probs, labels, int8 = [], [], []
     with torch.no_grad():
         for x, y in _batches(rm, val, batch_size):
@@ -265,7 +268,7 @@ def summary_sentence(rows: list[dict[str, Any]], strategy: str) -> str:
     return f"The last {len(late)} stages moved {ratio:.1f}x more than the {len(early)} before them: {advice}."
 
 
-def _what_finetuning_changed(rm: RunModel, val: Split, probs: np.ndarray, labels: np.ndarray,
+def _what_finetuning_changed(cfg: ExplainConfig, rm: RunModel, val: Split, probs: np.ndarray, labels: np.ndarray,
                              out: Path) -> dict[str, Any]:
     rows = weight_change(rm)
     if rows:  # a model with no parameters outside its head has nothing to chart
@@ -280,7 +283,7 @@ def _what_finetuning_changed(rm: RunModel, val: Split, probs: np.ndarray, labels
     confused = []
     for count, a, b in sorted(pairs, reverse=True)[:3]:
         i = int(np.flatnonzero((labels == a) & (pred == b))[0])
-        crop_png, cam_png = _example(rm, val, i, b, out, f"confused-{a}-{b}")
+        crop_png, cam_png = _example(rm, val, i, b, out, f"confused-{a}-{b}", cfg.method)
         confused.append({"true": rm.classes[a], "predicted": rm.classes[b], "count": count, "example": i,
                          "crop": crop_png, "cam": cam_png})
     return {"strategy": rm.run["config"]["strategy"], "weights": rm.run["config"]["weights"], "stages": rows,
@@ -289,7 +292,8 @@ def _what_finetuning_changed(rm: RunModel, val: Split, probs: np.ndarray, labels
             "top1": float(100.0 * (pred == labels).mean())}
 
 
-def _example(rm: RunModel, val: Split, i: int, cls: int, out: Path, stem: str, method: str = "gradcam") -> tuple[str, str]:
+def _example(rm: RunModel, val: Split, i: int, cls: int, out: Path, stem: str, method: str) -> tuple[str, str]:
+    """One validation image's crop and its map for class ``cls``."""
     x, _ = next(iter(_batches(rm, val.subset([i]), 1)))
     return _save_pair(out, stem, displayed(rm, x)[0], cams(rm, x, [cls], method)[0])
 
