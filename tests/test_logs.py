@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--data", "digits", "--model", "timm/test_resnet", "--weights", "none", "--img-size", "32",
-        "--batch-size", "32", "--workers", "0", "--quiet"]
 
+def finetune(out: Path, epochs: int, resume: bool = False, **options: object) -> None:
+    """In-process, as the CLI calls it (saves a Python start and a torch import per run)."""
+    from edgetl.train.checkpoint import resume_config
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.loop import finetune as run
 
-def finetune(*args: str, cwd: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "edgetl", "finetune", *args], capture_output=True, text=True,
-                       timeout=600, cwd=cwd, env={**os.environ, "COLUMNS": "200"})
-    assert r.returncode == 0, r.stderr
+    cfg = resume_config(out, epochs) if resume else TrainConfig(
+        data="digits", out=str(out), model="timm/test_resnet", weights="none", img_size=32, epochs=epochs,
+        batch_size=32, workers=0, **options)
+    run(cfg.validate(), resume=resume)
 
 
 def metrics(run: Path) -> list[dict[str, float]]:
@@ -30,8 +33,7 @@ def test_tensorboard_event_files_hold_metrics_csv_and_the_config(tmp_path: Path)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    finetune(*TINY, "--epochs", "1", "--out", str(run), "--log", "tensorboard", cwd=tmp_path)
-    finetune("--resume", str(run), "--epochs", "2", cwd=tmp_path)  # logs on: run.json keeps --log
+    finetune(run, 2, log="tensorboard")
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     expected = metrics(run)
     assert len(expected) == 2
@@ -47,8 +49,8 @@ def test_mlflow_run_holds_metrics_csv_params_and_status_and_resume_continues_it(
     from mlflow.tracking import MlflowClient
 
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'store.db'}"
-    finetune(*TINY, "--epochs", "1", "--out", str(run), "--log", "mlflow", "--log-uri", store, cwd=tmp_path)
-    finetune("--resume", str(run), "--epochs", "2", cwd=tmp_path)
+    finetune(run, 1, log="mlflow", log_uri=store)
+    finetune(run, 2, resume=True)  # logs on: run.json keeps --log and --log-uri
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("edgetl")
     runs = client.search_runs([experiment.experiment_id])
@@ -65,8 +67,9 @@ def test_mlflow_run_holds_metrics_csv_params_and_status_and_resume_continues_it(
 
 
 def test_a_log_that_cannot_be_written_stops_finetune_before_training(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "edgetl", "finetune", *TINY, "--epochs", "1", "--out",
-                        str(tmp_path / "run"), "--log", "mlflow", "--log-uri", "bogus://nowhere"],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "edgetl", "finetune", "--data", "digits", "--model", "timm/test_resnet",
+                        "--weights", "none", "--img-size", "32", "--epochs", "1", "--workers", "0", "--quiet",
+                        "--out", str(tmp_path / "run"), "--log", "mlflow", "--log-uri", "bogus://nowhere"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 2 and "--log mlflow: tracking store bogus://nowhere" in r.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
