@@ -10,24 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from . import extras
+from .extras import install_hint
 from .fileio import atomic_write
 
-INSTALL_HINT = "pip install 'edgetl[plots]'"
+INSTALL_HINT = install_hint("plots")
 
 
 def available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return extras.available("matplotlib")
 
 
 def require() -> None:
     """UsageError (exit 2) before any work, when a --plot cannot be drawn."""
-    if not available():
-        raise UsageError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
+    extras.require("matplotlib", "plots", "--plot")
 
 
 def pyplot() -> Any:

@@ -49,7 +49,7 @@ def demo(
                                              batch_sizes=(1, 8), min_seconds=0.5, e2e=False),
                                  log=ConsoleLog(out_console))
         out_console.print(table(bench_report, out_console.width))
-        pictures = "curves.png"
+        pictures = f"no pictures: {plots.INSTALL_HINT}"
         if plots.available():
             plots.latency_accuracy(bench_report.rows, run / "bench.png",
                                    f"edgetl demo on {bench_report.environment['cpu']['model']}")
@@ -59,7 +59,7 @@ def demo(
             f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
             f"INT8 ONNX {int8['top1']:.2f}% ({int8['delta_top1']:+.2f}, simulated; {share.get('int8_layers')}/"
             f"{share.get('weighted_layers')} weighted layers and {100 * share.get('int8_mac_share', 0):.0f}% of the "
-            f"MACs in INT8); run at [bold]{run}[/] ({pictures if plots.available() else 'no pictures: ' + plots.INSTALL_HINT}), "
+            f"MACs in INT8); run at [bold]{run}[/] ({pictures}), "
             f"artifacts in [bold]{run / 'export'}[/]"
         )
 

@@ -34,7 +34,7 @@ from .. import limits
 from ..errors import DataError
 from ..images import IMAGE_EXTENSIONS, load_rgb
 from ..images import max_pixels as bomb_limit
-from ..progress import Log, Tick, no_tick
+from ..progress import Log, Tick, as_log, no_tick
 
 MIN_SIDE = 16  # px: a shorter side below this is mostly upsampling noise at any model input size
 MAX_PIXELS = 40_000_000  # decoding dominates training time long before Pillow's bomb limit (~89 MP)
@@ -237,7 +237,7 @@ def check_data(root: Path, calib: Path | None = None, *, val_split: float | None
     findings = [f for lst in listings.values() for f in lst.findings]
     findings += _class_differences(listings)
     files = [p for lst in listings.values() for p in lst.files]
-    with (log or Log()).task(f"decoding {len(files)} images", len(files)) as tick:
+    with as_log(log).task(f"decoding {len(files)} images", len(files)) as tick:
         results = decode_all(files, min_side, max_pixels, workers, tick)
     modes: Counter[str] = Counter()
     sizes: list[tuple[int, int]] = []

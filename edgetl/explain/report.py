@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import plots
+from .. import extras, plots
 from ..data.sources import Split, eval_transform, make_loader, stratified_sample
 from ..errors import ArtifactError, UsageError
 from ..evaluate import RunModel, eval_split, load_run_model
@@ -41,7 +41,6 @@ from ..runtime.base import Runner
 from .config import ExplainConfig
 from .page import page
 
-INSTALL_HINT = "pip install 'edgetl[explain]'"
 CAM_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM"}
 
 
@@ -64,12 +63,8 @@ def explain(cfg: ExplainConfig, log: Log | None = None) -> dict[str, Any]:
     """Write the report folder; returns what explain.json holds."""
     cfg.validate()
     log = as_log(log)
-    if not plots.available():
-        raise UsageError(f"edgetl explain needs matplotlib: {INSTALL_HINT}")
-    try:
-        import pytorch_grad_cam  # noqa: F401
-    except ImportError:
-        raise UsageError(f"edgetl explain needs grad-cam: {INSTALL_HINT}") from None
+    for module in ("matplotlib", "pytorch_grad_cam"):
+        extras.require(module, "explain", "edgetl explain")
     run = Path(cfg.run)
     rm = load_run_model(run)
     files = _given_images(cfg)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from .. import extras
 from ..errors import UsageError
 from ..fileio import atomic_write_json
 from .config import TrainConfig
@@ -34,13 +35,8 @@ class ExperimentLog(Protocol):
 
 def require(kind: str) -> None:
     """UsageError (exit 2) when ``--log kind`` cannot work here."""
-    if kind == "none":
-        return
-    try:
-        __import__(EXTRAS[kind])
-    except ImportError:
-        raise UsageError(f"--log {kind} needs {EXTRAS[kind]}, which is not installed: "
-                         f"pip install 'edgetl[{kind}]'") from None
+    if kind != "none":
+        extras.require(EXTRAS[kind], kind, f"--log {kind}")
 
 
 def open_log(cfg: TrainConfig, out: Path) -> ExperimentLog | None:
