@@ -63,6 +63,14 @@ class CalibMethod(StrEnum):
     percentile = "percentile"
 
 
+class QatMode(StrEnum):
+    """`export --qat`: never, always, or only when post-training INT8 misses --max-drop."""
+
+    off = "off"
+    on = "on"
+    auto = "auto"
+
+
 class CalibMode(StrEnum):
     explicit = "explicit"
     implicit = "implicit"

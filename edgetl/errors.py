@@ -36,6 +36,7 @@ class Interrupted(Exception):
 
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.exit_code = 128 + signum
+        self.hint = "the last complete epoch is in last.pt; continue with --resume"
 
 
 class TrainingError(EdgetlError):

@@ -26,6 +26,7 @@ class Option:
     choices: type[StrEnum] | None = None
     flags: tuple[str, ...] = ()  # Typer declarations when not the default --name (--name/--no-name for booleans)
     metavar: str | None = None
+    bare: str | None = None  # the value the flag takes when given without one (``--qat`` alone means ``on``)
 
     def flag(self, name: str) -> str:
         """The flag an error message names: ``--workspace`` for the field ``workspace_mb``."""

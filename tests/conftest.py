@@ -94,3 +94,27 @@ def tiny_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(tiny_run, run)
     export(ExportConfig(run=str(run), int8=True, fp16=True, engine=False, calib_size=128))
     return run
+
+
+def assert_tensorrt_int8_shape(model: object, float_layers: tuple[str, ...] | list[str]) -> None:
+    """What TensorRT needs from model.int8.onnx: opset <= 17, symmetric INT8 Q/DQ (every zero point 0),
+    weights quantized per output channel, and each weighted layer outside ``float_layers`` reading both
+    its activation and its weight through DequantizeLinear (float layers read float weights)."""
+    import onnx
+
+    g = model.graph  # type: ignore[attr-defined]
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 17  # type: ignore[attr-defined]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(not inits[n.input[2]].any() and inits[n.input[2]].dtype == np.int8 for n in qs)
+    dq_out = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    weighted = [n for n in g.node if n.op_type in ("Conv", "Gemm")]
+    assert weighted
+    for node in weighted:
+        if node.name in float_layers:
+            assert inits[node.input[1]].dtype == np.float32, node.name
+            continue
+        assert node.input[0] in dq_out, f"{node.name}: activation not quantized"
+        w_dq = dq_out[node.input[1]]
+        w = inits[w_dq.input[0]]
+        assert w.dtype == np.int8 and inits[w_dq.input[1]].shape == (w.shape[0],), node.name  # per output channel

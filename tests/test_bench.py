@@ -18,8 +18,8 @@ from PIL import Image
 from edgetl.bench.config import BACKENDS, SCHEMA_VERSION, BenchConfig, parse_backends, parse_batch_sizes
 from edgetl.bench.environment import environment
 from edgetl.bench.gate import gate
-from edgetl.bench.schema import Report, Row, load_report
 from edgetl.bench.report import markdown
+from edgetl.bench.schema import Report, Row, load_report
 from edgetl.bench.session import ROW_FIELDS, run_bench
 from edgetl.errors import ArtifactError, UsageError
 from edgetl.export.config import ExportConfig

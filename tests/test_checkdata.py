@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR, make_image_folder, needs_cifar
 from PIL import Image
 
-from conftest import CIFAR, make_image_folder, needs_cifar
 from edgetl.data.check import check_data
 from edgetl.data.sources import DataSet, Split, load_data, run_data
 from edgetl.errors import DataError
@@ -174,8 +174,8 @@ def test_flat_calibration_folder_refuses_symlinks_out(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_training_skips_bad_files_and_eval_sees_the_same_split(tmp_path: Path) -> None:
-    from edgetl.train.config import TrainConfig
     from edgetl.evaluate import evaluate_run
+    from edgetl.train.config import TrainConfig
     from edgetl.train.loop import finetune
 
     d = make_image_folder(tmp_path / "d", classes=3, per_class=7, size=24)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CIFAR, copy_subset, make_image_folder, needs_cifar
 
 EDGETL = [sys.executable, "-m", "edgetl"]

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetl.train.cpu_kernels import FastConvs, applies, retain_freed_memory
 from edgetl.models import apply_strategy, build, set_train_mode
+from edgetl.train.cpu_kernels import FastConvs, applies, retain_freed_memory
 
 CL = torch.channels_last
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR, make_image_folder, needs_cifar
 from PIL import Image
 
-from conftest import CIFAR, make_image_folder, needs_cifar
 from edgetl.data.sources import load_data, scan_image_folder, stratified_split
 from edgetl.errors import DataError
 from edgetl.images import load_rgb

@@ -15,7 +15,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import make_image_folder
 
 VOID = {"meta", "img", "br", "link", "input", "hr"}

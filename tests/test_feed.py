@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 
-from conftest import make_image_folder
-from edgetl.train.config import TrainConfig
-from edgetl.data.sources import eval_transform, load_data
-from edgetl.train.distributed import Dist
-from edgetl.evaluate import evaluate_run
 from edgetl.data.cache import BatchAugment, decode
 from edgetl.data.feed import CachedFeed, LoaderFeed
+from edgetl.data.sources import eval_transform, load_data
+from edgetl.evaluate import evaluate_run
 from edgetl.images import Preprocess, load_rgb
+from edgetl.train.config import TrainConfig
+from edgetl.train.distributed import Dist
 from edgetl.train.loop import finetune
 
 PP = Preprocess(32, 40, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")

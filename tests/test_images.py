@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import IMAGENET, needs_imagenet
 from PIL import Image
 
-from conftest import IMAGENET, needs_imagenet
 from edgetl.images import Preprocess
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMAGENET, needs_imagenet
 from torch import nn
 
-from conftest import IMAGENET, needs_imagenet
 from edgetl.errors import ArtifactError, UsageError
 from edgetl.models import apply_strategy, build, resolve, set_train_mode, stages
 
@@ -107,8 +107,8 @@ def test_bundled_weights_classify_real_imagenet_photos() -> None:
     import timm
 
     from edgetl.data.sources import eval_transform
-    from edgetl.models import _load_bundled
     from edgetl.images import load_rgb
+    from edgetl.models import _load_bundled
 
     pp = build("efficientnet_lite0", 10, "none").preprocess
     assert (pp.size, pp.resize, pp.interpolation, pp.mean) == (224, 256, "bicubic", (0.5, 0.5, 0.5))

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_image_folder
 from edgetl.cli import app
-from edgetl.train.config import TrainConfig
 from edgetl.errors import ArtifactError, EdgetlError, TrainingError
 from edgetl.train.checkpoint import resume_config
+from edgetl.train.config import TrainConfig
 from edgetl.train.loop import finetune
 
 EDGETL = [sys.executable, "-m", "edgetl"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.errors import ArtifactError, DataError, UsageError
 from edgetl.artifacts.engine import check_engine, default_engine_path, load_engine_meta, rebuild_command, sidecar_path
 from edgetl.artifacts.manifest import precision_of
 from edgetl.engines.builder import build_engine
 from edgetl.engines.calibrator import calibration_batches
+from edgetl.errors import ArtifactError, DataError, UsageError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 ENV = {"tensorrt_version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
@@ -137,8 +137,7 @@ def test_runner_refuses_an_engine_without_provenance_before_touching_tensorrt(tm
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_without_tensorrt_everything_says_how_to_install_it(tmp_path: Path) -> None:
-    from edgetl.runtime.tensorrt import TrtRunner
-    from edgetl.runtime.tensorrt import available
+    from edgetl.runtime.tensorrt import TrtRunner, available
 
     ok, why = available()
     assert not ok and "tensorrt is not installed" in why and "pip install 'edgetl[trt]'" in why

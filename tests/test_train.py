@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_image_folder
-from edgetl.train.config import TrainConfig
-from edgetl.errors import UsageError
-from edgetl.errors import Interrupted
+
+from edgetl.errors import Interrupted, UsageError
 from edgetl.train.checkpoint import resume_config
+from edgetl.train.config import TrainConfig
 from edgetl.train.loop import Hooks, finetune
 
 

@@ -18,8 +18,8 @@ from ..errors import EdgetlError, UsageError, one_line
 from ..images import ImageSource
 from ..metrics import EvalResult
 from ..progress import Log, as_log
-from ..runtime.numerics import judging_runner
 from ..runtime.base import Runner
+from ..runtime.numerics import judging_runner
 from ..runtime.verify import file_sha256
 from .config import E2E_MIN_SAMPLES, MIN_SAMPLES, RUNTIMES, SCHEMA_VERSION, BenchConfig
 from .environment import environment

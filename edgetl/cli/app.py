@@ -75,9 +75,14 @@ def _stop(e: Interrupted) -> NoReturn:
 
     for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second Ctrl-C must not
         signal.signal(s, signal.SIG_IGN)        # print a traceback from the exit path
-    err_console.print(f"[yellow]{e}[/]: the last complete epoch is in last.pt; continue with --resume")
+    err_console.print(f"[yellow]{e}[/]: {e.hint}", highlight=False)
     raise typer.Exit(e.exit_code) from None
 
 
 def main() -> None:
-    app()
+    import sys
+
+    from ..export.config import ExportConfig
+    from .options import with_bare_values
+
+    app(args=with_bare_values(sys.argv[1:], (ExportConfig,)))

@@ -51,6 +51,23 @@ def with_config(cls: type, skip: Collection[str] = ()) -> Callable[[F], F]:
     return decorate
 
 
+def with_bare_values(argv: list[str], classes: Collection[type]) -> list[str]:
+    """``--qat`` given alone means ``--qat on``: Typer's options cannot take an optional value, so the
+    value of an option declared with ``bare`` is filled in where the next word is not one of its choices."""
+    bare = {}
+    for cls in classes:
+        for f in fields(cls):
+            o = option_of(f)
+            if o is not None and o.bare is not None and o.choices is not None:
+                bare[o.flag(f.name)] = (o.bare, {m.value for m in o.choices})
+    out = []
+    for i, word in enumerate(argv):
+        out.append(word)
+        if word in bare and (i + 1 == len(argv) or argv[i + 1] not in bare[word][1]):
+            out.append(bare[word][0])
+    return out
+
+
 def config_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parsed options as the config stores them: choices as their plain strings."""
     return {k: v.value if isinstance(v, Enum) else v for k, v in config.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
-from ..choices import CalibMethod, CalibMode
+from ..choices import CalibMethod, CalibMode, QatMode
 from ..errors import UsageError
 from ..limits import Range
 from ..options import check_fields, option
@@ -42,6 +42,13 @@ class ExportConfig:
                              "most sensitive layers stay in float.", INT8, legal=limits.POINTS)
     min_int8: float = option(0.8, "Least share of the MACs that must run in INT8, or export fails (0 accepts "
                              "any).", INT8, legal=Range(0, 1))
+    qat: str = option("off", "Quantization-aware training (NVIDIA ModelOpt, the qat extra): fine-tune the run's "
+                      "best weights with INT8 fake-quantized in, then export them as model.int8.onnx. --qat alone "
+                      "means on; auto trains only when post-training INT8 misses --max-drop, before any layer is "
+                      "floated.", INT8, choices=QatMode, bare="on", metavar="[on|auto|off]")
+    qat_epochs: int = option(1, "Epochs of quantization-aware training.", INT8, legal=Range(1, 1000))
+    qat_lr: float | None = option(None, "Peak learning rate of quantization-aware training (default: 1% of the "
+                                  "run's).", INT8, legal=limits.POSITIVE)
     calib_mode: str = option("explicit", "explicit: engines build from model.int8.onnx (TensorRT 8.5-11); "
                              "implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).", ENGINES,
                              choices=CalibMode)
@@ -55,6 +62,8 @@ class ExportConfig:
 
     def validate(self) -> ExportConfig:
         check_fields(self)
+        if self.qat != "off" and not self.int8:
+            raise UsageError("--qat trains the INT8 model: it needs --int8")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise UsageError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         return self
@@ -71,5 +80,6 @@ class ExportReport:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     guard: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None  # Int8Share.to_dict() of model.int8.onnx
+    qat: dict[str, Any] | None = None  # what quantization-aware training did, when it ran
     notes: list[str] = field(default_factory=list)
     ok: bool = True

@@ -29,12 +29,23 @@ def export(cfg: ExportConfig, log: Log | Callable[[str], None] | None = None) ->
     rm = load_run_model(Path(cfg.run))
     ds = run_data(rm.run)  # the run's own split, without the files its data check skipped
     out = cfg.out_dir
+    log = as_log(log)
     with folder_lock(out, "export"):
         for stale in out.glob(".quant-*"):  # left by an export that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        trained = None
+        if cfg.qat == "on":  # before anything in the folder changes: an interrupt here leaves it all as it was
+            from .int8 import qat
+            from .int8.calibrate import calibration_split
+
+            trained = qat.train(rm, out, cfg, calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed), log)
+        elif cfg.qat == "auto":
+            from .int8 import qat
+
+            qat.require()
         (out / "manifest.json").unlink(missing_ok=True)  # nothing from an earlier export is vouched for now
         try:
-            return _export(cfg, rm, ds, out, as_log(log))
+            return _export(cfg, rm, ds, out, log, trained)
         finally:
             _sweep_unlisted(out)
 
@@ -52,7 +63,7 @@ def _sweep_unlisted(out: Path) -> None:
             (out / f"{name}.json").unlink(missing_ok=True)
 
 
-def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> ExportReport:
+def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, trained: Any) -> ExportReport:
     report = ExportReport(str(out))
     manifest = _manifest_base(rm, cfg)
 
@@ -97,20 +108,24 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> Ex
                                        tick=tick)
         report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5, "numerics": ORT_CPU}
         fp32_entry["accuracy"] = report.accuracy["fp32"]
-        int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log)
+        int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log, trained)
         report.accuracy["int8"] = int8.accuracy
         report.guard = int8.guard
         report.int8 = int8.share
+        report.qat = int8.qat
         manifest["calibration"] = int8.calibration
+        if int8.qat:
+            manifest["qat"] = int8.qat
         if int8.ok:
             manifest["artifacts"].append(_entry(out / "model.int8.onnx", "int8", "onnx", cfg.opset, target="tensorrt",
                                                 accuracy=int8.accuracy, int8=int8.share,
-                                                float_layers=int8.guard.get("float_layers", [])))
+                                                float_layers=int8.guard.get("float_layers", []),
+                                                qat=_qat_used(int8.qat)))
             if int8.cpu and int8.cpu["written"]:
                 report.accuracy["int8-cpu"] = int8.cpu["accuracy"]
                 manifest["artifacts"].append(_entry(out / "model.int8-cpu.onnx", "int8", "onnx", cfg.opset, target="cpu",
                                                     accuracy=int8.cpu["accuracy"], int8=int8.cpu["int8"],
-                                                    float_layers=int8.cpu["float_layers"]))
+                                                    float_layers=int8.cpu["float_layers"], qat=_qat_used(int8.qat)))
         else:
             failures.append(EdgetlError(int8.message))
         _write_manifest(out, manifest)
@@ -124,6 +139,11 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log) -> Ex
         first = failures[0]
         raise type(first)("; and ".join(str(f) for f in failures))
     return report
+
+
+def _qat_used(qat: dict[str, Any] | None) -> bool | None:
+    """The manifest's mark on INT8 artifacts made from quantization-aware weights (absent when QAT did not run)."""
+    return None if qat is None else bool(qat["used"])
 
 
 def _engines(cfg: ExportConfig, out: Path, manifest: dict[str, Any], ds: Any, rm: RunModel, log: Log,

@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,22 +81,28 @@ class Summary:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None, check: str = "skip") -> Summary:
+Prepare = Callable[[nn.Module, Preprocess, torch.device, Hooks], nn.Module]
+
+
+def finetune(cfg: TrainConfig, resume: bool = False, hooks: Hooks | None = None, check: str = "skip",
+             prepare: Prepare | None = None) -> Summary:
     """Train per ``cfg`` into ``cfg.out``; with ``resume`` continue from ``cfg.out/last.pt``.
 
     ``check`` runs `check_data` on an ImageFolder first: ``skip`` leaves bad files out (listed in
-    ``data_check.json``), ``strict`` refuses the data on any finding, ``off`` trusts it.
+    ``data_check.json``), ``strict`` refuses the data on any finding, ``off`` trusts it. ``prepare``
+    turns the built model into the one to train before the strategy applies (quantization-aware
+    training fake-quantizes it); on resume it runs again, and last.pt then restores its state.
     """
     cfg.validate()
     if check not in CHECK_MODES:
         raise UsageError(f"check must be one of {', '.join(CHECK_MODES)}")
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the run folder for all ranks
-        return _finetune(cfg, resume, hooks, check)
+        return _finetune(cfg, resume, hooks, check, prepare)
     with folder_lock(Path(cfg.out), "finetune"):
-        return _finetune(cfg, resume, hooks, check)
+        return _finetune(cfg, resume, hooks, check, prepare)
 
 
-def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -> Summary:
+def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str, prepare: Prepare | None) -> Summary:
     hooks = hooks or Hooks()
     out = Path(cfg.out)
     if not resume and (out / "last.pt").exists():
@@ -113,10 +119,12 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str) -
     built = build(cfg.model, len(data.classes), cfg.weights)
     model, head = built.model, built.head
     pp = built.preprocess.with_size(cfg.img_size) if cfg.img_size else built.preprocess
-    trainable = apply_strategy(model, head, cfg.strategy, cfg.unfreeze)
     d = setup_dist(device.type)
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
+    if prepare is not None:
+        model = prepare(model, pp, device, hooks)
+    trainable = apply_strategy(model, head, cfg.strategy, cfg.unfreeze)
     if not d.main:
         hooks = Hooks()  # only rank 0 draws progress and writes files
     channels_last = cfg.channels_last

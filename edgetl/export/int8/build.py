@@ -7,6 +7,7 @@ import hashlib
 import json
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,22 @@ from ...metrics import EvalResult
 from ...progress import Log
 from ...runtime.numerics import SIMULATED
 from ..config import ExportConfig
+from . import qat
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
 from .guard import NEXT_STEPS, run_guard
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
+from .qat import Trained
 from .qdq import QUANT_SETTINGS, int8_share, layer_macs, quantize, stem_nodes
 
 
 def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: ExportConfig, fp32_acc: EvalResult,
-               log: Log) -> Int8Result:
-    """Calibrate (or reuse calib.cache), quantize, evaluate in simulated numerics; if the drop exceeds
-    ``cfg.max_drop``, keep the fewest, most sensitive layers in float until it fits, as long as at
-    least ``cfg.min_int8`` of the MACs stay in INT8."""
+               log: Log, trained: Trained | None = None) -> Int8Result:
+    """Calibrate (or reuse calib.cache), quantize, evaluate in simulated numerics. Then, with ``trained``
+    (--qat) or when the drop exceeds ``cfg.max_drop`` under --qat auto, the quantization-aware weights
+    and ranges replace the post-training ones. If the drop still exceeds the budget, keep the fewest,
+    most sensitive layers in float until it fits, as long as at least ``cfg.min_int8`` of the MACs stay
+    in INT8."""
     import onnx
 
     split = calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed)
@@ -67,19 +72,48 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
         drop = fp32_acc.top1 - acc.top1
         log(f"top-1 on {acc.images} validation images (INT8 simulated in float): FP32 {fp32_acc.top1:.2f}%, "
             f"INT8 {acc.top1:.2f}% (drop {drop:+.2f} points, budget {cfg.max_drop})")
-        guard: dict[str, Any] = {"max_drop": cfg.max_drop, "min_int8": cfg.min_int8, "initial_drop": drop,
-                                 "float_layers": []}
-        best = q
-        if drop > cfg.max_drop:
+        qat_info = None
+        if trained is None and drop > cfg.max_drop:
+            if cfg.qat == "auto":
+                log(f"post-training INT8 misses --max-drop {cfg.max_drop:g}: quantization-aware training first "
+                    "(--qat auto), before any layer is floated")
+                trained = qat.train(rm, out, cfg, split, log)
+            else:
+                log(qat.suggestion(rm, cfg))
+        ptq = _Candidate(job, q, prep_model, acc, floats, False)
+        candidates = [ptq]
+        if trained is not None:
+            made, qat_info = _with_qat(rm, trained, job, acc)
+            candidates = [made, ptq] if made.acc.top1 >= acc.top1 else [ptq, made]
+            if candidates[0] is ptq:
+                log(f"QAT did not beat post-training INT8 ({made.acc.top1:.2f}% against {acc.top1:.2f}%): "
+                    "going on with post-training INT8")
+        for k, cand in enumerate(candidates):
+            job, q, prep_model, acc, floats = cand.job, cand.q, cand.prep_model, cand.acc, cand.floats
+            drop = fp32_acc.top1 - acc.top1
+            guard: dict[str, Any] = {"max_drop": cfg.max_drop, "min_int8": cfg.min_int8, "initial_drop": drop,
+                                     "float_layers": []}
+            best = q
+            if drop <= cfg.max_drop:
+                break
             found = run_guard(job, q, prep_model, drop)
             guard.update(found["guard"])
-            if found["model"] is None:
-                return Int8Result(False, accuracy_entry(acc, fp32_acc), calibration, guard, found["message"])
-            best, acc = found["model"], found["accuracy"]
+            if found["model"] is not None:
+                best, acc = found["model"], found["accuracy"]
+                break
+            if k + 1 < len(candidates):  # floating layers of QAT weights brings back QAT's float model, not FP32's
+                log(f"{found['message'].split(';')[0]}; trying the {'QAT' if candidates[k + 1].qat else 'post-training'} "
+                    "model instead")
+        else:
+            if qat_info is not None:
+                qat_info["used"] = cand.qat
+            return Int8Result(False, accuracy_entry(acc, fp32_acc), calibration, guard, found["message"], qat=qat_info)
+        if qat_info is not None:
+            qat_info["used"] = cand.qat
         share = int8_share(best, job.macs)
         guard["final_drop"] = fp32_acc.top1 - acc.top1
         result = Int8Result(True, {**accuracy_entry(acc, fp32_acc), "numerics": SIMULATED}, calibration, guard,
-                            share=share.to_dict())
+                            share=share.to_dict(), qat=qat_info)
         if share.mac_share < cfg.min_int8:
             result.ok = False
             result.message = (f"model.int8.onnx would be mostly float: {share.line()}, under --min-int8 "
@@ -92,6 +126,56 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
     return result
 
 
+@dataclass
+class _Candidate:
+    """A quantized model the guard can start from: post-training or quantization-aware."""
+
+    job: Int8Job
+    q: Any
+    prep_model: Any
+    acc: EvalResult
+    floats: list[str]
+    qat: bool
+
+
+def _with_qat(rm: RunModel, trained: Trained, ptq: Int8Job, ptq_acc: EvalResult) -> tuple[_Candidate, dict[str, Any]]:
+    """The quantization-aware weights through the PTQ path: FP32 ONNX, calibration of the tensors QAT did
+    not quantize, its learned input ranges put in, quantize. No bias correction: QAT trained the biases
+    under quantization, and correcting them toward the float weights would undo that."""
+    import onnx
+
+    from ..onnx import export_onnx
+    from .calibrate import calibrate
+
+    cfg, log = ptq.cfg, ptq.log
+    work = ptq.work / "qat"
+    work.mkdir()
+    model = qat.float_model(rm, trained)
+    export_onnx(model, work / "qat.onnx", rm.preprocess.size, cfg.opset, cfg.batch)
+    prep = prepare(work / "qat.onnx", work)
+    with log.task(f"calibrating the QAT model's other tensors on {len(ptq.calib)} images ({cfg.calib_method})",
+                  len(ptq.calib)) as tick:
+        ranges = calibrate(prep, ptq.calib, rm.preprocess, cfg.calib_method, work, tick)
+    prep_model = onnx.load(str(prep))
+    amax = qat.input_ranges(model, prep_model, trained)
+    trt, cpu = work / "trt.cache", work / "cpu.cache"
+    atomic_write_json(trt, qat.apply_ranges(ranges, amax, symmetric=True))
+    atomic_write_json(cpu, qat.apply_ranges(ranges, amax, symmetric=False))
+    floats = [] if cfg.quantize_stem else stem_nodes(prep)
+    quantize(prep, work / "q.onnx", trt, cfg.calib_method, floats)
+    q = onnx.load(str(work / "q.onnx"))
+    job = replace(ptq, prep=prep, work=work, cache=trt, cpu_cache=cpu, macs=layer_macs(prep_model),
+                  cfg=replace(cfg, bias_correction=False))
+    acc = job.simulated(q, "q-eval.onnx")
+    ptq_entry, qat_entry = accuracy_entry(ptq_acc, ptq.fp32), accuracy_entry(acc, ptq.fp32)
+    log(f"QAT INT8 top-1 {acc.top1:.2f}% (drop {-qat_entry['delta_top1']:+.2f} points; post-training INT8 "
+        f"{ptq_acc.top1:.2f}%, so QAT recovered {acc.top1 - ptq_acc.top1:+.2f}), simulated in float")
+    info = {**trained.record, "learned_ranges": len(amax),
+            "ptq": {**ptq_entry, "numerics": SIMULATED}, "qat": {**qat_entry, "numerics": SIMULATED},
+            "recovered_points": acc.top1 - ptq_acc.top1}
+    return _Candidate(job, q, prep_model, acc, floats, True), info
+
+
 def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout, measured
     with the kernels edgetl's runtime picks for this CPU. Written only when its drop is within the budget."""
@@ -101,7 +185,7 @@ def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     from ...runtime.onnxruntime import OrtRunner
 
     q = job.work / "cpu.onnx"
-    quantize(job.prep, q, job.cache, job.cfg.calib_method, floats, cpu=True)
+    quantize(job.prep, q, job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
     if job.cfg.bias_correction:
         model = onnx.load(str(q))
         correct_biases(job, model, onnx.load(str(job.prep)))
@@ -112,7 +196,6 @@ def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     isa = int8_isa()
     job.log(f"CPU INT8 (u8 activations, s8 weights, ONNX Runtime's kernels on {isa}"
             f"{', overflow-safe U8U8' if runner.session_config else ''}): top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
-    import onnx
 
     info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
                          "ort_session_config": kernel_config(isa)},

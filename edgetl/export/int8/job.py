@@ -27,6 +27,7 @@ class Int8Result:
     message: str = ""
     cpu: dict[str, Any] | None = None
     share: dict[str, Any] | None = None
+    qat: dict[str, Any] | None = None  # what quantization-aware training did, when it ran
 
 
 class ValFeed:
@@ -74,6 +75,7 @@ class Int8Job:
     macs: dict[str, int]
     log: Log
     fast_rank: bool = True  # rank on NCHWc kernels: the order is what matters there
+    cpu_cache: Path | None = None  # ranges for the CPU layout when they differ from ``cache`` (QAT's)
 
     def simulated(self, model: Any, name: str) -> EvalResult:
         """Top-1 of ``model`` with Q/DQ simulated in float: what TensorRT approximates, on any CPU."""
