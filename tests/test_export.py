@@ -256,3 +256,36 @@ def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run:
     err = {c: np.abs(OrtRunner(files[c] / "model.int8.onnx", simulate=True).run(x).mean(axis=0) - ref).sum()
            for c in (False, True)}
     assert err[True] < err[False]
+
+
+def test_every_layer_the_guard_can_float_leaves_a_valid_graph(tmp_path: Path) -> None:
+    """torch inlines HardSwish (MobileNetV3) into nodes named "": the guard floats layers by name, so
+    two unnamed nodes once got each other's inputs and a cyclic graph. Every node is named now."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from edgetl.data.sources import Split
+    from edgetl.export.int8.calibrate import calibrate, prepare
+    from edgetl.export.int8.qdq import Floater, quantize, quantized_nodes
+    from edgetl.export.onnx import export_onnx
+    from edgetl.fileio import atomic_write_json
+    from edgetl.images import Preprocess
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Hardswish(), nn.Conv2d(8, 8, 3), nn.Hardswish(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    export_onnx(net, tmp_path / "m.onnx", 16, 17)
+    prep = prepare(tmp_path / "m.onnx", tmp_path)
+    names = [n.name for n in onnx.load(str(prep)).graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    rng = np.random.default_rng(0)
+    split = Split([rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(8)], [0] * 8)
+    ranges = calibrate(prep, split, Preprocess(16, 16, (0.5,) * 3, (0.5,) * 3), "minmax", tmp_path)
+    atomic_write_json(tmp_path / "calib.cache", ranges)
+    quantize(prep, tmp_path / "q.onnx", tmp_path / "calib.cache", "minmax", [])
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    floater = Floater(q, onnx.load(str(prep)))
+    candidates = quantized_nodes(q)
+    assert len(candidates) >= 4
+    for name in candidates:
+        ort.InferenceSession(floater.floated([name]).SerializeToString(), providers=["CPUExecutionProvider"])

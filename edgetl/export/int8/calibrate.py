@@ -94,11 +94,21 @@ class CalibrationReader:
 
 
 def prepare(onnx_path: Path, work: Path) -> Path:
-    """Shape inference and basic graph optimization, as ONNX Runtime asks before quantizing."""
+    """Shape inference and basic graph optimization, as ONNX Runtime asks before quantizing; then a
+    unique name for every node. The guard and bias correction find layers by name, and inlined
+    functions (torch's HardSwish in MobileNetV3) leave nodes named ""."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prep = work / "prep.onnx"
     quant_pre_process(str(onnx_path), str(prep), skip_symbolic_shape=True)
+    model = onnx.load(str(prep))
+    seen: set[str] = set()
+    for k, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}_edgetl_{k}"
+        seen.add(node.name)
+    onnx.save(model, str(prep))
     return prep
 
 
