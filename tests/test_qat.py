@@ -20,6 +20,7 @@ from conftest import assert_tensorrt_int8_shape
 
 from edgetl.errors import UsageError
 from edgetl.export.config import ExportConfig
+from edgetl.export.int8 import qat
 from edgetl.export.pipeline import export
 from edgetl.fileio import sha256_file
 
@@ -49,7 +50,7 @@ def test_qat_writes_the_tensorrt_shape_with_every_layer_int8(tiny_run: Path, tmp
     man = _manifest(run)
     q = man["qat"]
     run_lr = json.loads((run / "run.json").read_text())["config"]["lr"]
-    assert q["epochs"] == 1 and q["lr"] == pytest.approx(run_lr * 0.01) and q["seconds"] > 0
+    assert q["epochs"] == 1 and q["lr"] == pytest.approx(run_lr * qat.LR_FRACTION) and q["seconds"] > 0
     assert q["learned_ranges"] == report.int8["weighted_layers"] and q["ptq"]["top1"] > 80
     assert q["used"] and {a["file"]: a.get("qat") for a in man["artifacts"]} == {
         "model.onnx": None, "model.int8.onnx": True, "model.int8-cpu.onnx": True}

@@ -47,8 +47,8 @@ class ExportConfig:
                       "means on; auto trains only when post-training INT8 misses --max-drop, before any layer is "
                       "floated.", INT8, choices=QatMode, bare="on", metavar="[on|auto|off]")
     qat_epochs: int = option(1, "Epochs of quantization-aware training.", INT8, legal=Range(1, 1000))
-    qat_lr: float | None = option(None, "Peak learning rate of quantization-aware training (default: 1% of the "
-                                  "run's).", INT8, legal=limits.POSITIVE)
+    qat_lr: float | None = option(None, "Peak learning rate of quantization-aware training (default: 10% of "
+                                  "the run's).", INT8, legal=limits.POSITIVE)
     calib_mode: str = option("explicit", "explicit: engines build from model.int8.onnx (TensorRT 8.5-11); "
                              "implicit: TensorRT's IInt8EntropyCalibrator2 (8.x/10.x only).", ENGINES,
                              choices=CalibMode)

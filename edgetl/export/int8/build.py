@@ -88,28 +88,12 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
             if candidates[0] is ptq:
                 log(f"QAT did not beat post-training INT8 ({made.acc.top1:.2f}% against {acc.top1:.2f}%): "
                     "going on with post-training INT8")
-        for k, cand in enumerate(candidates):
-            job, q, prep_model, acc, floats = cand.job, cand.q, cand.prep_model, cand.acc, cand.floats
-            drop = fp32_acc.top1 - acc.top1
-            guard: dict[str, Any] = {"max_drop": cfg.max_drop, "min_int8": cfg.min_int8, "initial_drop": drop,
-                                     "float_layers": []}
-            best = q
-            if drop <= cfg.max_drop:
-                break
-            found = run_guard(job, q, prep_model, drop)
-            guard.update(found["guard"])
-            if found["model"] is not None:
-                best, acc = found["model"], found["accuracy"]
-                break
-            if k + 1 < len(candidates):  # floating layers of QAT weights brings back QAT's float model, not FP32's
-                log(f"{found['message'].split(';')[0]}; trying the {'QAT' if candidates[k + 1].qat else 'post-training'} "
-                    "model instead")
-        else:
-            if qat_info is not None:
-                qat_info["used"] = cand.qat
-            return Int8Result(False, accuracy_entry(acc, fp32_acc), calibration, guard, found["message"], qat=qat_info)
+        cand, best, acc, guard, failure = _guarded(candidates, fp32_acc, cfg, log)
         if qat_info is not None:
             qat_info["used"] = cand.qat
+        if failure:
+            return Int8Result(False, accuracy_entry(acc, fp32_acc), calibration, guard, failure, qat=qat_info)
+        job, floats = cand.job, cand.floats
         share = int8_share(best, job.macs)
         guard["final_drop"] = fp32_acc.top1 - acc.top1
         result = Int8Result(True, {**accuracy_entry(acc, fp32_acc), "numerics": SIMULATED}, calibration, guard,
@@ -138,12 +122,34 @@ class _Candidate:
     qat: bool
 
 
+def _guarded(candidates: list[_Candidate], fp32: EvalResult, cfg: ExportConfig,
+             log: Log) -> tuple[_Candidate, Any, EvalResult, dict[str, Any], str | None]:
+    """The first candidate within --max-drop as it is or with the guard's fewest float layers: (it, the
+    model to write, its accuracy, the guard's record, None), or the last one tried with the reason it
+    failed. Floating QAT's layers restores QAT's float weights, not FP32's, so the next one may fit."""
+    for k, cand in enumerate(candidates):
+        drop = fp32.top1 - cand.acc.top1
+        guard: dict[str, Any] = {"max_drop": cfg.max_drop, "min_int8": cfg.min_int8, "initial_drop": drop,
+                                 "float_layers": []}
+        if drop <= cfg.max_drop:
+            return cand, cand.q, cand.acc, guard, None
+        found = run_guard(cand.job, cand.q, cand.prep_model, drop)
+        guard.update(found["guard"])
+        if found["model"] is not None:
+            return cand, found["model"], found["accuracy"], guard, None
+        if k + 1 < len(candidates):
+            log(f"{found['message'].split(';')[0]}; trying the {'QAT' if candidates[k + 1].qat else 'post-training'} "
+                "model instead")
+    return cand, cand.q, cand.acc, guard, found["message"]
+
+
 def _with_qat(rm: RunModel, trained: Trained, ptq: Int8Job, ptq_acc: EvalResult) -> tuple[_Candidate, dict[str, Any]]:
     """The quantization-aware weights through the PTQ path: FP32 ONNX, calibration of the tensors QAT did
     not quantize, its learned input ranges put in, quantize. No bias correction: QAT trained the biases
     under quantization, and correcting them toward the float weights would undo that."""
     import onnx
 
+    from ...runtime.onnxruntime import OrtRunner
     from ..onnx import export_onnx
     from .calibrate import calibrate
 
@@ -167,11 +173,14 @@ def _with_qat(rm: RunModel, trained: Trained, ptq: Int8Job, ptq_acc: EvalResult)
     job = replace(ptq, prep=prep, work=work, cache=trt, cpu_cache=cpu, macs=layer_macs(prep_model),
                   cfg=replace(cfg, bias_correction=False))
     acc = job.simulated(q, "q-eval.onnx")
+    float_acc = job.val.evaluate(OrtRunner(work / "qat.onnx", own=True))  # how much of a gain is training itself
     ptq_entry, qat_entry = accuracy_entry(ptq_acc, ptq.fp32), accuracy_entry(acc, ptq.fp32)
     log(f"QAT INT8 top-1 {acc.top1:.2f}% (drop {-qat_entry['delta_top1']:+.2f} points; post-training INT8 "
-        f"{ptq_acc.top1:.2f}%, so QAT recovered {acc.top1 - ptq_acc.top1:+.2f}), simulated in float")
+        f"{ptq_acc.top1:.2f}%, so QAT recovered {acc.top1 - ptq_acc.top1:+.2f}), simulated in float; the QAT "
+        f"weights in FP32: {float_acc.top1:.2f}%")
     info = {**trained.record, "learned_ranges": len(amax),
             "ptq": {**ptq_entry, "numerics": SIMULATED}, "qat": {**qat_entry, "numerics": SIMULATED},
+            "qat_weights_fp32": accuracy_entry(float_acc, ptq.fp32),
             "recovered_points": acc.top1 - ptq_acc.top1}
     return _Candidate(job, q, prep_model, acc, floats, True), info
 
