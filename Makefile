@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,plots,tensorboard,mlflow,explain,qat]'
+	$(PY) -m pip install --quiet -e '.[test,plots,tensorboard,mlflow,explain,qat,auto]'
 	touch $(STAMP)
 
 demo: $(STAMP)

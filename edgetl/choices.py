@@ -71,6 +71,13 @@ class QatMode(StrEnum):
     auto = "auto"
 
 
+class AutoTarget(StrEnum):
+    """What `edgetl auto` times its finalists as: the artifact that will be deployed."""
+
+    ort_int8 = "ort-int8"
+    ort_fp32 = "ort-fp32"
+
+
 class CalibMode(StrEnum):
     explicit = "explicit"
     implicit = "implicit"

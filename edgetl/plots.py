@@ -110,3 +110,27 @@ def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
         ax.legend(fontsize=8)
     save_figure(fig, path)
     return len(points)
+
+
+def pareto(finalists: Sequence[dict[str, Any]], winner: dict[str, Any] | None, target: str, path: Path) -> None:
+    """`edgetl auto`'s timed finalists: top-1 against latency, the Pareto front (no other finalist is both
+    faster and more accurate) joined by a line, the chosen one labelled."""
+    plt = pyplot()
+    timed = [f for f in finalists if f.get("status") == "ok"]
+    front = sorted((f for f in timed if not any(g["latency_ms"] <= f["latency_ms"] and g["top1"] >= f["top1"]
+                                                 and g is not f and (g["latency_ms"], g["top1"]) != (f["latency_ms"], f["top1"])
+                                                 for g in timed)), key=lambda f: f["latency_ms"])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([f["latency_ms"] for f in timed], [f["top1"] for f in timed], s=50, color="0.6", label="finalist")
+    ax.plot([f["latency_ms"] for f in front], [f["top1"] for f in front], "o-", color="C0", label="Pareto front")
+    for f in timed:
+        p = f["params"]
+        ax.annotate(f"#{f['trial']} {p['model']} {p['strategy']} {p['img_size']}px", (f["latency_ms"], f["top1"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if winner is not None:
+        ax.scatter([winner["latency_ms"]], [winner["top1"]], s=160, facecolors="none", edgecolors="C3", linewidths=2,
+                   label=f"chosen: trial {winner['trial']}")
+    ax.set(xlabel=f"{target} p50 latency (ms)", ylabel=f"{target} top-1 (%)", title="edgetl auto: finalists")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

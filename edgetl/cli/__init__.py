@@ -4,7 +4,7 @@ package registers every command on `app`, in pipeline order (the order `--help` 
 
 # isort: off
 from .app import app, main
-from . import train, demo, export, deploy  # noqa: F401 (each registers its commands on app)
+from . import train, auto, demo, export, deploy  # noqa: F401 (each registers its commands on app)
 # isort: on
 
 __all__ = ["app", "main"]

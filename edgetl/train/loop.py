@@ -166,7 +166,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str, p
     memory = cputrain.retain_freed_memory() if device.type == "cpu" else nullcontext()
     trainer = _Trainer(model, net, criterion, opt, sched, scaler, cfg, device, amp_dtype, hooks, d, channels_last,
                        convs)
-    with _Signals() as sig, memory:
+    with Signals() as sig, memory:
         try:
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 t0 = time.perf_counter()
@@ -398,7 +398,7 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: in
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class _Signals:
+class Signals:
     """SIGINT/SIGTERM become ``Interrupted``, except inside ``deferred()``, which finishes first.
 
     Outside the main thread signals are left alone (Python only delivers them there).
@@ -410,7 +410,7 @@ class _Signals:
         self.ignoring = False
         self.old: dict[int, Any] = {}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> Signals:
         try:
             self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:

@@ -21,7 +21,6 @@ import json
 import shutil
 import time
 import types
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ...evaluate import RunModel
 from ...fileio import atomic_write_json, sha256_file
 from ...progress import Log
 from ...train.config import TrainConfig
+from ...train.log_hooks import LogHooks
 from ...train.loop import Hooks
 from ..config import ExportConfig
 from .calibrate import split_fingerprint
@@ -107,7 +107,7 @@ def train(rm: RunModel, out: Path, cfg: ExportConfig, split: Split, log: Log) ->
             f"in {folder}{' (resuming)' if resume else ''}")
         t0 = time.perf_counter()
         try:
-            finetune(tcfg, resume=resume, hooks=LogHooks(log), prepare=Quantize(split, cfg.quantize_stem))
+            finetune(tcfg, resume=resume, hooks=LogHooks(log, "QAT epoch", "with INT8 fake-quantized (PyTorch)"), prepare=Quantize(split, cfg.quantize_stem))
         except Interrupted as e:
             e.hint = (f"quantization-aware training stopped; its last complete epoch is in {folder / 'last.pt'} "
                       "and the run and earlier artifacts are untouched; run the same export again to continue")
@@ -295,36 +295,3 @@ def apply_ranges(ranges: dict[str, Any], amax: dict[str, float], symmetric: bool
         lo, hi = entry["lowest"]["data"][0], entry["highest"]["data"][0]
         entry["lowest"]["data"], entry["highest"]["data"] = ([-a], [a]) if symmetric else ([max(lo, -a)], [min(hi, a)])
     return data
-
-
-class LogHooks(Hooks):
-    """Training progress through an export's `Log`: a task per epoch, ticked per step, and a line
-    per finished epoch."""
-
-    def __init__(self, log: Log) -> None:
-        self.log, self.stack, self.tick = log, ExitStack(), None
-
-    def _task(self, what: str, steps: int) -> None:
-        self.stack.close()
-        self.tick = self.stack.enter_context(self.log.task(what, steps))
-
-    def preparing(self, what: str, steps: int) -> None:
-        self._task(what, steps)
-
-    def advance(self, n: int = 1) -> None:
-        if self.tick is not None:
-            self.tick(n)
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self._task(f"QAT epoch {epoch}/{epochs}", steps)
-
-    def step(self, loss: float, top1: float, images_per_s: float) -> None:
-        self.advance()
-
-    def validating(self, steps: int) -> None:
-        self.stack.close()
-        self.tick = None
-
-    def epoch_end(self, row: dict[str, float]) -> None:
-        self.log(f"QAT epoch {int(row['epoch'])}: loss {row['train_loss']:.3f}, val top-1 {row['val_top1']:.2f}% "
-                 f"with INT8 fake-quantized (PyTorch), {row['seconds']:.0f} s")

@@ -1,0 +1,323 @@
+"""`edgetl auto`: an Optuna study over model x strategy x input size x learning rate, each trial a normal
+`edgetl finetune` run in OUT/trials/NNN, cheap trials cut after an epoch by successive halving; then the
+best trials are exported to the deployment target and timed with `edgetl bench`'s own timing, and the
+most accurate one within --max-latency-ms becomes OUT/winner.
+
+The study lives in OUT/auto.db (SQLite), so Ctrl-C keeps every finished trial and `--resume` goes on
+with the same sampler. The wall-clock budget covers the search and the finalists: trials stop at the
+deadline less the time the finalists are expected to take.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import extras
+from ..errors import EdgetlError, Interrupted, UsageError, one_line
+from ..fileio import atomic_write_json, folder_lock
+from ..progress import Log, as_log
+from ..train.log_hooks import LogHooks
+from ..train.loop import Signals
+from .config import AutoConfig
+
+STUDY = "edgetl-auto"
+EXPORT_SHARE = 0.25  # of the budget kept for the finalists' export and timing until a finalist has been timed
+FAILS_IN_A_ROW = 3
+RESUMABLE = ("time_budget", "trials", "finalists", "max_latency_ms")  # may change on --resume
+
+
+class BudgetSpent(Exception):
+    """The trial ran into the search's deadline: it stops like a pruned one."""
+
+
+@dataclass
+class Outcome:
+    out: str
+    trials: list[dict[str, Any]]
+    finalists: list[dict[str, Any]]
+    winner: dict[str, Any] | None
+    why: str
+    notes: list[str] = field(default_factory=list)
+
+
+def auto(cfg: AutoConfig, resume: bool = False, log: Log | None = None) -> Outcome:
+    cfg.validate()
+    extras.require("optuna", "auto", "edgetl auto")
+    log = as_log(log)
+    out = cfg.out_dir
+    start = time.monotonic()
+    with folder_lock(out, "auto"):
+        db = out / "auto.db"
+        if resume and not db.exists():
+            raise UsageError(f"{out}: no search to resume (no auto.db)")
+        if not resume and db.exists():
+            raise UsageError(f"{out}: already holds a search; pass --resume to continue it, or another --out")
+        study = _study(cfg, db, resume)
+        _preflight(cfg, log)
+        deadline = start + cfg.budget_seconds
+        _search(cfg, study, out, deadline, log)
+        trials = [_trial_record(t) for t in study.trials]
+        finalists = _finalists(cfg, trials, deadline, log)
+        winner, why = _choose(cfg, finalists)
+        outcome = Outcome(str(out), trials, finalists, winner, why)
+        if winner is not None:
+            _crown(out, winner, why)
+        else:
+            outcome.notes.append(why)
+        atomic_write_json(out / "auto.json", {"config": cfg.to_dict(), "trials": trials, "finalists": finalists,
+                                              "winner": winner, "why": why,
+                                              "seconds": round(time.monotonic() - start, 1)})
+        from .. import plots
+
+        if plots.available() and finalists:
+            plots.pareto(finalists, winner, cfg.target, out / "pareto.png")
+        elif finalists:
+            outcome.notes.append(f"pareto.png not drawn: matplotlib is not installed ({plots.INSTALL_HINT})")
+    return outcome
+
+
+def _study(cfg: AutoConfig, db: Path, resume: bool) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials get one line here, not its tracebacks
+    db.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=STUDY, storage=f"sqlite:///{db}", load_if_exists=resume, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE}
+    if resume:
+        saved = study.user_attrs.get("config", {})
+        changed = sorted(k for k in fixed if saved.get(k) != fixed[k])
+        if changed:
+            raise UsageError(f"{db}: --resume continues the search as it began; {', '.join(changed)} differ "
+                             f"(only {', '.join(RESUMABLE)} may change)")
+    else:
+        study.set_user_attr("config", fixed)
+    return study
+
+
+def _preflight(cfg: AutoConfig, log: Log) -> None:
+    """finetune's data check, once before any trial: data it refuses stops the search before it starts,
+    and what it would leave out is said once (each trial then leaves it out, as finetune does)."""
+    from ..data.check import check_data
+    from ..data.sources import BUILTIN_SOURCES
+
+    if cfg.data in BUILTIN_SOURCES:
+        return
+    report = check_data(Path(cfg.data), val_split=cfg.val_split)
+    report.raise_for(strict=False)
+    for line in report.lines(5) if report.findings else []:
+        log(line)
+
+
+def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -> None:
+    import optuna
+    import torch
+
+    done = len([t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)])
+    left = None if cfg.trials is None else max(0, cfg.trials - done)
+    if left == 0:
+        log(f"{done} trial(s) already in {out / 'auto.db'}; none left to run (--trials {cfg.trials})")
+        return
+    stop_at = deadline - EXPORT_SHARE * cfg.budget_seconds
+    objective = _Objective(cfg, out, stop_at, log)
+
+    def progress(study: Any, trial: Any) -> None:
+        best = _best(study)
+        failed = f" ({trial.user_attrs['error']})" if trial.user_attrs.get("error") else ""
+        log(f"trial {trial.number} {trial.state.name.lower()}{failed}: {_describe(trial.params)}"
+            f"{f', val top-1 {trial.value:.2f}%' if trial.value is not None else ''}; "
+            f"{len(study.trials)} trial(s), best {best}; {max(0.0, deadline - time.monotonic()) / 60:.1f} min left")
+
+    def give_up(study: Any, trial: Any) -> None:  # the same error every time: the rest of the budget would go the same way
+        last = study.trials[-FAILS_IN_A_ROW:]
+        if len(last) == FAILS_IN_A_ROW and all(t.state == optuna.trial.TrialState.FAIL for t in last):
+            log(f"the last {FAILS_IN_A_ROW} trials failed; stopping the search")
+            study.stop()
+
+    try:
+        with Signals():  # SIGTERM between trials stops as cleanly as one during training
+            study.optimize(objective, n_trials=left, timeout=max(1.0, stop_at - time.monotonic()),
+                           catch=(EdgetlError, torch.OutOfMemoryError, MemoryError), callbacks=[progress, give_up],
+                           gc_after_trial=True)
+    except Interrupted as e:
+        e.hint = (f"finished trials are kept in {out / 'auto.db'}; continue with `edgetl auto ... --resume` "
+                  "and the same settings")
+        raise
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise EdgetlError(f"{out}: no trial finished within --time-budget {cfg.time_budget}; give it more time "
+                          "or smaller --img-sizes")
+
+
+class _Objective:
+    """One trial: sample, fine-tune in OUT/trials/NNN, report each epoch's val top-1 to the pruner."""
+
+    def __init__(self, cfg: AutoConfig, out: Path, stop_at: float, log: Log) -> None:
+        self.cfg, self.out, self.stop_at, self.log = cfg, out, stop_at, log
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from ..train.loop import finetune
+
+        cfg = self.cfg
+        params = {"model": trial.suggest_categorical("model", cfg.model_list),
+                  "strategy": trial.suggest_categorical("strategy", cfg.strategy_list),
+                  "img_size": trial.suggest_categorical("img_size", cfg.size_list),
+                  "lr": trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)}
+        folder = self.out / "trials" / f"{trial.number:03d}"
+        trial.set_user_attr("folder", str(folder.relative_to(self.out)))
+        if folder.exists():  # a trial that an interrupt cut short: its number is new, its folder is stale
+            shutil.rmtree(folder)
+        tcfg = _train_config(cfg, params, folder)
+        hooks = _TrialHooks(self.log, trial, self.stop_at)
+        t0 = time.monotonic()
+        try:
+            summary = finetune(tcfg, hooks=hooks)  # bad files are left out, as the preflight listed
+        except BudgetSpent:
+            trial.set_user_attr("stopped", "time budget")
+            raise optuna.TrialPruned() from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # recorded; the search goes on, unless it was an interrupt
+            trial.set_user_attr("error", one_line(e))
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
+        trial.set_user_attr("epochs", summary.epochs)
+        trial.set_user_attr("val_top5", summary.val_top5)
+        return summary.val_top1
+
+
+class _TrialHooks(LogHooks):
+    """Progress as LogHooks draws it; each epoch's val top-1 goes to the pruner, and the trial stops at the
+    search's deadline."""
+
+    def __init__(self, log: Log, trial: Any, stop_at: float) -> None:
+        super().__init__(log, f"trial {trial.number} epoch")
+        self.trial, self.stop_at = trial, stop_at
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        import optuna
+
+        super().epoch_end(row)
+        epoch = int(row["epoch"])
+        self.trial.report(row["val_top1"], epoch)
+        self.trial.set_user_attr("epochs", epoch)
+        self.trial.set_user_attr("last_val_top1", row["val_top1"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()
+        if time.monotonic() > self.stop_at:
+            raise BudgetSpent()
+
+
+def _train_config(cfg: AutoConfig, params: dict[str, Any], folder: Path) -> Any:
+    from ..train.config import TrainConfig
+
+    strategy = params["strategy"]
+    unfreeze = int(strategy[len("partial"):]) if strategy.startswith("partial") else 2
+    return TrainConfig(data=cfg.data, out=str(folder), model=params["model"], weights=cfg.weights,
+                       img_size=params["img_size"], strategy="partial" if strategy.startswith("partial") else strategy,
+                       unfreeze=unfreeze, epochs=cfg.epochs, lr=params["lr"], batch_size=cfg.batch_size,
+                       val_split=cfg.val_split, cache=cfg.cache, workers=cfg.workers, seed=cfg.seed)
+
+
+def _describe(params: dict[str, Any]) -> str:
+    if not params:
+        return "(no parameters)"
+    return f"{params['model']} {params['strategy']} {params['img_size']}px lr {params['lr']:.2g}"
+
+
+def _best(study: Any) -> str:
+    try:
+        t = study.best_trial
+    except ValueError:
+        return "none yet"
+    return f"{t.value:.2f}% (trial {t.number}: {_describe(t.params)})"
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    return {"number": t.number, "state": t.state.name.lower(), "params": t.params, "val_top1": t.value,
+            "epochs": t.user_attrs.get("epochs"), "seconds": t.user_attrs.get("seconds"),
+            "folder": t.user_attrs.get("folder"), "stopped": t.user_attrs.get("stopped"),
+            "last_val_top1": t.user_attrs.get("last_val_top1"), "error": t.user_attrs.get("error")}
+
+
+def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, log: Log) -> list[dict[str, Any]]:
+    """The best finished trials, exported to the target artifact and timed by `edgetl bench`; past the
+    deadline, once one has been timed, the rest are left out."""
+    done = sorted((t for t in trials if t["state"] == "complete"), key=lambda t: -t["val_top1"])
+    finalists: list[dict[str, Any]] = []
+    for t in done[: cfg.finalists]:
+        run = Path(cfg.out_dir) / t["folder"]
+        entry = {"trial": t["number"], "params": t["params"], "val_top1": t["val_top1"], "run": t["folder"]}
+        if time.monotonic() > deadline and any(f.get("status") == "ok" for f in finalists):
+            finalists.append({**entry, "status": "skipped: time budget spent"})
+            continue
+        log(f"finalist: trial {t['number']} ({_describe(t['params'])}, val top-1 {t['val_top1']:.2f}%): exporting "
+            f"and timing as {cfg.target}")
+        try:
+            entry.update(_measure(cfg, run, log))
+        except EdgetlError as e:
+            entry.update(status=f"failed: {e}")
+            log(f"  trial {t['number']} left out: {e}")
+        finalists.append(entry)
+    return finalists
+
+
+def _measure(cfg: AutoConfig, run: Path, log: Log) -> dict[str, Any]:
+    from ..bench.config import BenchConfig
+    from ..bench.session import run_bench
+    from ..export.config import ExportConfig
+    from ..export.pipeline import export
+
+    int8 = cfg.target == "ort-int8"
+    export(ExportConfig(run=str(run), int8=int8, int8_cpu=int8, engine=False, max_drop=cfg.max_drop, seed=cfg.seed),
+           log=log)
+    report = run_bench(BenchConfig(targets=[str(run)], backends=(cfg.target,), batch_sizes=(cfg.batch_size_deploy,),
+                                   e2e=False, rounds=3, min_seconds=0.5))
+    row = next((r for r in report.rows if r["backend"] == cfg.target and str(r["status"]).startswith("ok")), None)
+    if row is None:
+        raise EdgetlError(f"{run}: {cfg.target} was not timed ({report.rows[0]['status'] if report.rows else 'no row'})")
+    return {"status": "ok", "artifact": row["artifact"], "latency_ms": row["p50_ms"], "top1": row["top1"],
+            "numerics": row["numerics"], "batch_size": cfg.batch_size_deploy}
+
+
+def _choose(cfg: AutoConfig, finalists: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    timed = [f for f in finalists if f.get("status") == "ok"]
+    if not timed:
+        return None, "no finalist could be exported and timed"
+    fits = [f for f in timed if cfg.max_latency_ms is None or f["latency_ms"] <= cfg.max_latency_ms]
+    for f in timed:
+        f["within_latency"] = f in fits
+    if not fits:
+        fastest = min(timed, key=lambda f: f["latency_ms"])
+        return None, (f"no finalist is within --max-latency-ms {cfg.max_latency_ms:g} (fastest: trial "
+                      f"{fastest['trial']} at {fastest['latency_ms']:.2f} ms); allow more, or try smaller "
+                      "--img-sizes or models")
+    best = max(fits, key=lambda f: (f["top1"], -f["latency_ms"]))
+    limit = f" within --max-latency-ms {cfg.max_latency_ms:g}" if cfg.max_latency_ms is not None else ""
+    others = len(timed) - 1
+    return best, (f"highest {cfg.target} top-1 ({best['top1']:.2f}%, {best['numerics']}) of {len(timed)} timed "
+                  f"finalist(s){limit}, at {best['latency_ms']:.2f} ms (batch {cfg.batch_size_deploy})"
+                  + (f"; {len(timed) - len(fits)} were over the limit" if len(fits) < len(timed) else "")
+                  + ("" if others else "; the only one timed"))
+
+
+def _crown(out: Path, winner: dict[str, Any], why: str) -> None:
+    """OUT/winner: a copy of the winning trial's run folder (with its export) whose run.json says why."""
+    src, dst = out / winner["run"], out / "winner"
+    tmp = out / ".winner.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".edgetl.lock"))
+    run = json.loads((tmp / "run.json").read_text())
+    run["chosen_by"] = {"command": "edgetl auto", "trial": winner["trial"], "why": why, "search": str(out / "auto.json")}
+    atomic_write_json(tmp / "run.json", run)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)

@@ -1,0 +1,91 @@
+"""`edgetl auto`: an Optuna search of real fine-tuning trials, finalists exported and timed, a winner run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetl.auto.config import OFFLINE_MODELS, AutoConfig
+from edgetl.errors import UsageError
+
+pytest.importorskip("optuna", reason="the auto extra (optuna) is not installed")
+
+TINY = dict(data="digits", models="timm/test_resnet", weights="none", strategies="full,head", img_sizes="32",
+            epochs=2, batch_size=32, workers=0, lr_min=1e-3, lr_max=5e-3, time_budget="10m")
+
+
+def test_auto_on_digits_writes_the_search_and_a_winner_that_exports(tmp_path: Path) -> None:
+    from edgetl.auto.search import auto
+    from edgetl.export.config import ExportConfig
+    from edgetl.export.pipeline import export
+
+    out = tmp_path / "search"
+    lines: list[str] = []
+    outcome = auto(AutoConfig(**TINY, out=str(out), trials=3, finalists=2), log=lines.append)
+    doc = json.loads((out / "auto.json").read_text())
+    assert len(doc["trials"]) == 3 and {t["state"] for t in doc["trials"]} <= {"complete", "pruned"}
+    assert all((out / t["folder"] / "run.json").exists() for t in doc["trials"])
+    assert any(ln.startswith("trial 0 ") and "min left" in ln for ln in lines)  # progress: best so far, time left
+    timed = [f for f in doc["finalists"] if f["status"] == "ok"]
+    assert timed and all(f["latency_ms"] > 0 and f["numerics"] for f in timed)
+    assert doc["winner"]["trial"] == max(timed, key=lambda f: f["top1"])["trial"]
+    assert (out / "pareto.png").stat().st_size > 0
+    run = json.loads((out / "winner" / "run.json").read_text())
+    assert run["chosen_by"]["trial"] == outcome.winner["trial"] and "highest ort-int8 top-1" in run["chosen_by"]["why"]
+    report = export(ExportConfig(run=str(out / "winner"), int8=True, engine=False, calib_size=32))
+    assert report.accuracy["int8"]["top1"] > 50
+
+
+def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    args = [sys.executable, "-m", "edgetl", "auto", "--out", str(out), "--trials", "3", "--finalists", "1",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 180
+    while not (out / "trials" / "001").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "--resume" in err and "Traceback" not in err
+    first = out / "trials" / "000" / "best.pt"
+    stamp = first.stat().st_mtime_ns
+    r = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "auto.json").read_text())
+    states = [t["state"] for t in doc["trials"]]
+    assert states[0] in ("complete", "pruned") and states[1] == "fail"  # the interrupted one, not rerun
+    assert len([s for s in states if s != "fail"]) == 3
+    assert first.stat().st_mtime_ns == stamp  # trial 0 was not trained again
+    assert doc["winner"] is not None and (out / "winner" / "run.json").exists()
+
+
+def test_the_latency_limit_excludes_slower_finalists() -> None:
+    from edgetl.auto.search import _choose
+
+    fast = {"trial": 1, "status": "ok", "top1": 85.0, "latency_ms": 1.0, "numerics": "onnxruntime-cpu"}
+    slow = {"trial": 2, "status": "ok", "top1": 90.0, "latency_ms": 5.0, "numerics": "onnxruntime-cpu"}
+    assert _choose(AutoConfig(), [dict(fast), dict(slow)])[0]["trial"] == 2
+    winner, why = _choose(AutoConfig(max_latency_ms=2.0), [dict(fast), dict(slow)])
+    assert winner["trial"] == 1 and "1 were over the limit" in why
+    winner, why = _choose(AutoConfig(max_latency_ms=0.5), [dict(fast), dict(slow)])
+    assert winner is None and "no finalist is within --max-latency-ms 0.5" in why
+
+
+def test_auto_options_are_checked_before_any_work() -> None:
+    from edgetl.models import BUNDLED_WEIGHTS
+
+    assert tuple(BUNDLED_WEIGHTS) == OFFLINE_MODELS  # the offline defaults, named without importing torch
+    for bad in (dict(strategies="sideways"), dict(time_budget="soon"), dict(img_sizes="8"), dict(lr_min=1.0),
+                dict(target="trt-int8")):
+        with pytest.raises(UsageError):
+            AutoConfig(**bad).validate()
+    assert AutoConfig(time_budget="1.5h").validate().budget_seconds == 5400
