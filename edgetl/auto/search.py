@@ -203,6 +203,11 @@ class _TrialHooks(LogHooks):
         super().__init__(log, f"trial {trial.number} epoch")
         self.trial, self.stop_at = trial, stop_at
 
+    def step(self, loss: float, top1: float, images_per_s: float) -> None:
+        super().step(loss, top1, images_per_s)
+        if time.monotonic() > self.stop_at:  # an epoch of a big candidate can take minutes
+            raise BudgetSpent()
+
     def epoch_end(self, row: dict[str, float]) -> None:
         import optuna
 

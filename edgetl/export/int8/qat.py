@@ -107,7 +107,8 @@ def train(rm: RunModel, out: Path, cfg: ExportConfig, split: Split, log: Log) ->
             f"in {folder}{' (resuming)' if resume else ''}")
         t0 = time.perf_counter()
         try:
-            finetune(tcfg, resume=resume, hooks=LogHooks(log, "QAT epoch", "with INT8 fake-quantized (PyTorch)"), prepare=Quantize(split, cfg.quantize_stem))
+            finetune(tcfg, resume=resume, hooks=LogHooks(log, "QAT epoch", "with INT8 fake-quantized (PyTorch)"),
+                     prepare=Quantize(split, cfg.quantize_stem))
         except Interrupted as e:
             e.hint = (f"quantization-aware training stopped; its last complete epoch is in {folder / 'last.pt'} "
                       "and the run and earlier artifacts are untouched; run the same export again to continue")
@@ -124,10 +125,9 @@ def _load(folder: Path, tcfg: TrainConfig) -> Trained:
     state = {k: v for k, v in ck["model"].items() if "_quantizer." not in k}
     amax = {k.rsplit(".input_quantizer.", 1)[0]: float(v.max()) for k, v in ck["model"].items()
             if k.endswith(".input_quantizer._amax")}
-    history = run.get("metrics", {})
     record = {"epochs": tcfg.epochs, "lr": tcfg.lr, "folder": folder.name,
-              "seconds": _read_json(folder / "qat.json").get("seconds"),
-              "fake_quant_val_top1": history.get("val_top1"), "bias_correction": False}
+              "seconds": _read_json(folder / "qat.json").get("seconds"),  # of the training call that finished it
+              "fake_quant_val_top1": run.get("metrics", {}).get("val_top1"), "bias_correction": False}
     return Trained(folder, record, state, amax)
 
 
