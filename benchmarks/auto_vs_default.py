@@ -43,9 +43,8 @@ def main() -> None:
     if not (winner / "export" / "model.int8-cpu.onnx").exists():
         edgetl("export", str(winner), "--int8", "--int8-cpu", "--no-engine")
     report = args.work / "bench.json"
-    with open(report, "w") as f:
-        subprocess.run([sys.executable, "-m", "edgetl", "bench", str(default), str(winner), "--backends", "ort-int8",
-                        "--batch-size", "1", "--no-e2e", "--rounds", "5", "--json"], check=True, stdout=f)
+    edgetl("bench", str(default), str(winner), "--backends", "ort-int8", "--batch-size", "1", "--no-e2e", "--rounds", "5",
+           "--json", str(report))
     rows = {Path(r["run"]).name: r for r in json.loads(report.read_text())["rows"] if r["backend"] == "ort-int8"}
     doc = json.loads((search / "auto.json").read_text())
     val = {"default": json.loads((default / "run.json").read_text())["metrics"]["val_top1"],

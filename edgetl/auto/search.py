@@ -131,7 +131,8 @@ def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -
     def progress(study: Any, trial: Any) -> None:
         best = _best(study)
         failed = f" ({trial.user_attrs['error']})" if trial.user_attrs.get("error") else ""
-        log(f"trial {trial.number} {trial.state.name.lower()}{failed}: {_describe(trial.params)}"
+        state = "stopped by the time budget" if trial.user_attrs.get("stopped") else trial.state.name.lower()
+        log(f"trial {trial.number} {state}{failed}: {_describe(trial.params)}"
             f"{f', val top-1 {trial.value:.2f}%' if trial.value is not None else ''}; "
             f"{len(study.trials)} trial(s), best {best}; {max(0.0, deadline - time.monotonic()) / 60:.1f} min left")
 
@@ -257,15 +258,21 @@ def _trial_record(t: Any) -> dict[str, Any]:
 def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, log: Log) -> list[dict[str, Any]]:
     """The best finished trials, exported to the target artifact and timed by `edgetl bench`; past the
     deadline, once one has been timed, the rest are left out."""
-    done = sorted((t for t in trials if t["state"] == "complete"), key=lambda t: -t["val_top1"])
+    def score(t: dict[str, Any]) -> float | None:  # a trial the deadline cut still has the best.pt of its epochs
+        if t["state"] == "complete":
+            return t["val_top1"]
+        return t["last_val_top1"] if t["stopped"] == "time budget" and t["epochs"] else None
+
+    done = sorted((t for t in trials if score(t) is not None), key=lambda t: -score(t))  # type: ignore[operator]
     finalists: list[dict[str, Any]] = []
     for t in done[: cfg.finalists]:
         run = Path(cfg.out_dir) / t["folder"]
-        entry = {"trial": t["number"], "params": t["params"], "val_top1": t["val_top1"], "run": t["folder"]}
+        entry = {"trial": t["number"], "params": t["params"], "val_top1": score(t), "run": t["folder"],
+                 "epochs": t["epochs"]}
         if time.monotonic() > deadline and any(f.get("status") == "ok" for f in finalists):
             finalists.append({**entry, "status": "skipped: time budget spent"})
             continue
-        log(f"finalist: trial {t['number']} ({_describe(t['params'])}, val top-1 {t['val_top1']:.2f}%): exporting "
+        log(f"finalist: trial {t['number']} ({_describe(t['params'])}, val top-1 {entry['val_top1']:.2f}%): exporting "
             f"and timing as {cfg.target}")
         try:
             entry.update(_measure(cfg, run, log))
