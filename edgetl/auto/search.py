@@ -57,8 +57,8 @@ def auto(cfg: AutoConfig, resume: bool = False, log: Log | None = None) -> Outco
             raise UsageError(f"{out}: no search to resume (no auto.db)")
         if not resume and db.exists():
             raise UsageError(f"{out}: already holds a search; pass --resume to continue it, or another --out")
+        _preflight(cfg, log)  # before auto.db exists: data it refuses leaves nothing to --resume
         study = _study(cfg, db, resume)
-        _preflight(cfg, log)
         deadline = start + cfg.budget_seconds
         _search(cfg, study, out, deadline, log)
         trials = [_trial_record(t) for t in study.trials]
@@ -120,7 +120,8 @@ def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -
     import optuna
     import torch
 
-    done = len([t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)])
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # an interrupted one is not
+    done = len([t for t in study.trials if t.state in counted])
     left = None if cfg.trials is None else max(0, cfg.trials - done)
     if left == 0:
         log(f"{done} trial(s) already in {out / 'auto.db'}; none left to run (--trials {cfg.trials})")
@@ -136,7 +137,7 @@ def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -
             f"{f', val top-1 {trial.value:.2f}%' if trial.value is not None else ''}; "
             f"{len(study.trials)} trial(s), best {best}; {max(0.0, deadline - time.monotonic()) / 60:.1f} min left")
 
-    def give_up(study: Any, trial: Any) -> None:  # the same error every time: the rest of the budget would go the same way
+    def give_up(study: Any, trial: Any) -> None:  # the same error each time: the rest of the budget would go alike
         last = study.trials[-FAILS_IN_A_ROW:]
         if len(last) == FAILS_IN_A_ROW and all(t.state == optuna.trial.TrialState.FAIL for t in last):
             log(f"the last {FAILS_IN_A_ROW} trials failed; stopping the search")
@@ -296,7 +297,8 @@ def _measure(cfg: AutoConfig, run: Path, log: Log) -> dict[str, Any]:
                                    e2e=False, rounds=3, min_seconds=0.5))
     row = next((r for r in report.rows if r["backend"] == cfg.target and str(r["status"]).startswith("ok")), None)
     if row is None:
-        raise EdgetlError(f"{run}: {cfg.target} was not timed ({report.rows[0]['status'] if report.rows else 'no row'})")
+        why = report.rows[0]["status"] if report.rows else "no row"
+        raise EdgetlError(f"{run}: {cfg.target} was not timed ({why})")
     return {"status": "ok", "artifact": row["artifact"], "latency_ms": row["p50_ms"], "top1": row["top1"],
             "numerics": row["numerics"], "batch_size": cfg.batch_size_deploy}
 
@@ -329,7 +331,8 @@ def _crown(out: Path, winner: dict[str, Any], why: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".edgetl.lock"))
     run = json.loads((tmp / "run.json").read_text())
-    run["chosen_by"] = {"command": "edgetl auto", "trial": winner["trial"], "why": why, "search": str(out / "auto.json")}
+    run["chosen_by"] = {"command": "edgetl auto", "trial": winner["trial"], "why": why,
+                        "search": str(out / "auto.json")}
     atomic_write_json(tmp / "run.json", run)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

@@ -38,7 +38,7 @@ from ..config import ExportConfig
 from .calibrate import split_fingerprint
 
 FOLDER = "qat"
-LR_FRACTION = 0.1  # of the run's peak LR: in one epoch, 1% recovered 1.1 of 4.4 points on MobileNetV3, 10% all (RESULTS.md)
+LR_FRACTION = 0.1  # of the run's peak LR: in one epoch on MobileNetV3, 1% recovered 1.1 of 4.4 points, 10% all
 QAT_VERSION = 1  # bump when training or its configuration changes, so an older qat/ is not reused
 CALIB_BATCH = 32
 
@@ -181,7 +181,8 @@ class Quantize:
         if not self.quantize_stem:
             stem = weighted_order(model, pp.size, device)[:1]
             for name in stem:
-                for quantizer in (model.get_submodule(name).input_quantizer, model.get_submodule(name).weight_quantizer):
+                layer = model.get_submodule(name)
+                for quantizer in (layer.input_quantizer, layer.weight_quantizer):
                     quantizer.reset_amax()  # no learned range left to carry over for a float layer
                     quantizer.disable()
         return model
@@ -232,7 +233,8 @@ def float_model(rm: RunModel, trained: Trained) -> Any:
     try:
         model.load_state_dict(trained.state)
     except RuntimeError as e:
-        raise ArtifactError(f"{trained.folder / 'best.pt'}: does not fit the run's model ({str(e).splitlines()[0]})") from e
+        raise ArtifactError(f"{trained.folder / 'best.pt'}: does not fit the run's model "
+                            f"({str(e).splitlines()[0]})") from e
     return model.eval()
 
 
