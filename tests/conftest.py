@@ -58,6 +58,33 @@ def copy_subset(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
+def copy_run(run: Path, dst: Path) -> Path:
+    """A copy of a run folder without its export, for a test that exports it its own way."""
+    import shutil
+
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("export"))
+    return dst
+
+
+def wait_for(path: Path, proc: object, timeout: float) -> None:
+    """Block until ``path`` exists, the process ``proc`` (a Popen) has ended, or ``timeout`` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gray_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibration set that teaches near-zero ranges: INT8 then saturates on real images."""
+    d = tmp_path_factory.mktemp("gray")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray((128 + rng.integers(-2, 3, (32, 32, 3))).astype(np.uint8)).save(d / f"{i}.png")
+    return d
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default, trained once per session: Lite0 on digits, 2 epochs at 64 px."""

@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from edgetl.auto.config import OFFLINE_MODELS, AutoConfig
 from edgetl.errors import UsageError
@@ -49,9 +49,7 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path: 
             *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 180
-    while not (out / "trials" / "001").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(out / "trials" / "001", proc, 180)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

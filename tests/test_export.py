@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import CIFAR, assert_tensorrt_int8_shape, copy_subset, needs_cifar
-from PIL import Image
+from conftest import CIFAR, assert_tensorrt_int8_shape, copy_run, copy_subset, needs_cifar
 
 from edgetl.errors import EdgetlError
 from edgetl.export.config import ExportConfig
@@ -21,21 +19,6 @@ from edgetl.export.pipeline import export
 from edgetl.fileio import sha256_file
 from edgetl.train.config import TrainConfig
 from edgetl.train.loop import finetune
-
-
-@pytest.fixture(scope="module")
-def gray_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A calibration set that teaches near-zero ranges: INT8 then saturates on real images."""
-    d = tmp_path_factory.mktemp("gray")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray((128 + rng.integers(-2, 3, (32, 32, 3))).astype(np.uint8)).save(d / f"{i}.png")
-    return d
-
-
-def _copy_run(run: Path, dst: Path) -> Path:
-    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("export"))
-    return dst
 
 
 def _manifest(out: Path) -> dict:
@@ -47,7 +30,7 @@ def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Pa
     from edgetl.evaluate import load_run_model
     from edgetl.runtime.onnxruntime import OrtRunner
 
-    run = _copy_run(digits_run, tmp_path / "run")
+    run = copy_run(digits_run, tmp_path / "run")
     export(ExportConfig(run=str(run), engine=False))
     out = run / "export"
     m = onnx.load(str(out / "model.onnx"))
@@ -83,7 +66,7 @@ def test_resnet18_onnx_parity_on_cifar_images(tmp_path: Path) -> None:
 
 
 def test_int8_graph_has_the_shape_tensorrt_needs(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     report = export(ExportConfig(run=str(run), int8=True, fp16=True, engine=False, calib_size=64))
     out = run / "export"
     m = onnx.load(str(out / "model.int8.onnx"))
@@ -109,7 +92,7 @@ def test_int8_graph_has_the_shape_tensorrt_needs(tiny_run: Path, tmp_path: Path)
 
 
 def test_calibration_cache_is_reused(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     cfg = ExportConfig(run=str(run), int8=True, engine=False, calib_size=32, calib_method="minmax")
     export(cfg)
     out = run / "export"
@@ -129,7 +112,7 @@ def test_calibration_cache_is_reused(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_calib: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray_calib), max_drop=0.5,
                                  min_int8=0.0))  # bad ranges need many float layers: accepted here on purpose
     guard = report.guard
@@ -149,7 +132,7 @@ def test_accuracy_guard_keeps_sensitive_layers_in_float(tiny_run: Path, gray_cal
 
 def test_guard_that_cannot_fit_fails_and_keeps_fp32_and_fp16(tiny_run: Path, gray_calib: Path, tmp_path: Path) -> None:
     """Bad ranges and a --min-int8 that leaves the guard no layer to float: exit 1, say what to try, keep FP32/FP16."""
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--fp16", "--calib", str(gray_calib),
                         "--max-drop", "0.5", "--min-int8", "0.999", "--no-engine"], capture_output=True, text=True)
     assert r.returncode == 1
@@ -163,7 +146,7 @@ def test_guard_that_cannot_fit_fails_and_keeps_fp32_and_fp16(tiny_run: Path, gra
 
 def test_mostly_float_int8_is_a_failure_unless_accepted(tiny_run: Path, tmp_path: Path) -> None:
     """An INT8 file whose MACs mostly stay in float is not an INT8 artifact: exit 1 with the share, no file."""
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     cmd = [sys.executable, "-m", "edgetl", "export", str(run), "--int8", "--calib-size", "32", "--no-engine"]
     r = subprocess.run([*cmd, "--min-int8", "1.0"], capture_output=True, text=True)  # the float stem alone breaks it
     assert r.returncode == 1 and "Traceback" not in r.stderr
@@ -185,7 +168,7 @@ def test_int8_budgets_reject_nonsense(tiny_run: Path, option: str, value: str) -
 
 
 def test_cli_export_says_engines_were_skipped(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     r = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run)], capture_output=True, text=True,
                        env={**__import__("os").environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
@@ -215,7 +198,7 @@ def test_bad_export_options_are_usage_errors(tiny_run: Path) -> None:
 
 
 def test_cpu_int8_variant_uses_uint8_activations(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, engine=False, calib_size=64))
     out = run / "export"
     m = onnx.load(str(out / "model.int8-cpu.onnx"))
@@ -239,7 +222,7 @@ def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run:
 
     files = {}
     for corrected in (False, True):
-        run = _copy_run(tiny_run, tmp_path / f"run-{corrected}")
+        run = copy_run(tiny_run, tmp_path / f"run-{corrected}")
         export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, bias_correction=corrected))
         files[corrected] = run / "export"
     plain, fixed = (onnx.load(str(files[c] / "model.int8.onnx")) for c in (False, True))

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import assert_tensorrt_int8_shape
+from conftest import assert_tensorrt_int8_shape, copy_run, wait_for
 
 from edgetl.errors import UsageError
 from edgetl.export.config import ExportConfig
@@ -27,17 +24,12 @@ from edgetl.fileio import sha256_file
 pytest.importorskip("modelopt", reason="the qat extra (nvidia-modelopt) is not installed")
 
 
-def _copy_run(run: Path, dst: Path) -> Path:
-    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("export"))
-    return dst
-
-
 def _manifest(run: Path) -> dict:
     return json.loads((run / "export" / "manifest.json").read_text())
 
 
 def test_qat_writes_the_tensorrt_shape_with_every_layer_int8(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     cfg = ExportConfig(run=str(run), int8=True, int8_cpu=True, engine=False, calib_size=64, qat="on",
                        quantize_stem=True)
     lines: list[str] = []
@@ -106,7 +98,7 @@ def test_qat_trains_the_weights_but_not_frozen_batch_norm(tmp_path: Path) -> Non
 
 
 def test_qat_auto_skips_training_when_post_training_int8_fits(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     lines: list[str] = []
     report = export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, qat="auto"), log=lines.append)
     assert report.guard["initial_drop"] <= 1.0
@@ -114,20 +106,14 @@ def test_qat_auto_skips_training_when_post_training_int8_fits(tiny_run: Path, tm
     assert not any("quantization-aware" in ln for ln in lines)
 
 
-def test_qat_auto_trains_when_ptq_misses_then_the_guard_floats_what_is_left(tiny_run: Path, tmp_path: Path) -> None:
+def test_qat_auto_trains_when_ptq_misses_then_the_guard_floats_what_is_left(tiny_run: Path, gray_calib: Path,
+                                                                             tmp_path: Path) -> None:
     """Near-constant calibration images make post-training INT8 miss the budget: auto trains first and
     records both figures. The guard starts from the better of the two and, where floating layers cannot
     bring that one within budget, tries the other (floating QAT weights gives QAT's float model, not FP32's)."""
-    from PIL import Image
-
-    gray = tmp_path / "gray"
-    gray.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray((128 + rng.integers(-2, 3, (32, 32, 3))).astype(np.uint8)).save(gray / f"{i}.png")
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     lines: list[str] = []
-    report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray), max_drop=0.5, min_int8=0.0,
+    report = export(ExportConfig(run=str(run), int8=True, engine=False, calib=str(gray_calib), max_drop=0.5, min_int8=0.0,
                                  qat="auto"), log=lines.append)
     assert any("quantization-aware training first (--qat auto)" in ln for ln in lines)
     q = _manifest(run)["qat"]
@@ -141,7 +127,7 @@ def test_qat_auto_trains_when_ptq_misses_then_the_guard_floats_what_is_left(tiny
 
 def test_without_modelopt_qat_stops_with_the_install_command(tiny_run: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     monkeypatch.setitem(sys.modules, "modelopt", None)  # import modelopt now raises ImportError
     for mode in ("on", "auto"):
         with pytest.raises(UsageError, match=r"pip install 'edgetl\[qat\]'"):
@@ -160,7 +146,7 @@ def test_bare_qat_flag_means_on() -> None:
 
 
 def test_sigterm_during_qat_keeps_the_run_and_earlier_artifacts_then_resumes(tiny_run: Path, tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=32))
     out = run / "export"
     def files() -> dict[str, str]:  # the lock file holds the pid of the last export: left out
@@ -171,9 +157,7 @@ def test_sigterm_during_qat_keeps_the_run_and_earlier_artifacts_then_resumes(tin
             "--qat-epochs", "3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (out / "qat" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(out / "qat" / "last.pt", proc, 120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
