@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgetl-installed
+# The deploy runtime's oldest Python (JetPack 5 has 3.8): `make test` installs edgetl-runtime into a 3.8
+# venv the way a Jetson user does, where such an interpreter exists; its tests skip, saying so, where not.
+PY38 := $(shell for p in python3.8 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.8*/bin/python3.8; do \
+  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 8)' 2>/dev/null && { command -v "$$p"; break; }; done)
+RT38 := .venv-rt38
 
-.PHONY: demo test install clean
+.PHONY: demo test install runtime38 clean
 
 install: $(STAMP)
 
@@ -17,8 +22,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/edgetl demo
 
-test: $(STAMP)
+test: $(STAMP) runtime38
 	$(PY) -m pytest -q
 
+runtime38: $(STAMP)
+ifneq ($(PY38),)
+	test -f $(RT38)/.edgetl-installed || { rm -rf $(RT38) && $(PY38) -m venv $(RT38) \
+	  && $(RT38)/bin/python -m pip install --quiet --upgrade pip \
+	  && $(RT38)/bin/python -m pip install --quiet './packaging/runtime[cpu]' && touch $(RT38)/.edgetl-installed; }
+else
+	@echo "no Python 3.8 interpreter (python3.8 or pyenv's 3.8.x): the edgetl-runtime on 3.8 tests will skip"
+endif
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RT38) runs .pytest_cache

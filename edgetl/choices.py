@@ -8,8 +8,8 @@ import sys
 from enum import Enum
 
 if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # Python 3.10
+    from enum import StrEnum  # novermin (the runtime's Python 3.8 floor: vermin cannot see this guard)
+else:  # Python 3.8-3.10
     class StrEnum(str, Enum):
         def __str__(self) -> str:
             return str(self.value)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, machine
+from . import DISTRIBUTION, __version__, machine
 from .errors import one_line
 from .runtime.numerics import int8_can_saturate, int8_isa, kernel_config
 
@@ -322,7 +322,7 @@ def _install_hints(jetson: dict[str, Any] | None) -> dict[str, str]:
     swap = "pip uninstall -y onnxruntime && "
     if jetson is None:
         def gpu(extras: str) -> str:
-            return f"pip install 'edgetl[{extras}]' && {swap}pip install --force-reinstall --no-deps onnxruntime-gpu"
+            return f"pip install '{DISTRIBUTION}[{extras}]' && {swap}pip install --force-reinstall --no-deps onnxruntime-gpu"
 
         return {
             "torch": "pip install torch torchvision",
@@ -334,7 +334,7 @@ def _install_hints(jetson: dict[str, Any] | None) -> dict[str, str]:
             "onnxruntime": "pip install onnxruntime",
             "onnxruntime-gpu": gpu("gpu"),
             "onnxruntime-trt": gpu("gpu,trt"),
-            "tensorrt": "pip install 'edgetl[trt]'",
+            "tensorrt": f"pip install '{DISTRIBUTION}[trt]'",
         }
     index = jetson_index(jetson)
     ort_gpu = f"{swap}pip install onnxruntime-gpu --index-url {index}"

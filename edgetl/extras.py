@@ -3,11 +3,12 @@ usage error, with its install command, that a feature asking for a missing one s
 
 from __future__ import annotations
 
+from . import DISTRIBUTION
 from .errors import UsageError
 
 
 def install_hint(extra: str) -> str:
-    return f"pip install 'edgetl[{extra}]'"
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
 
 
 def available(module: str) -> bool:

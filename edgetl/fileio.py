@@ -83,6 +83,15 @@ def _write_error(path: Path, e: OSError) -> EdgetlError:
     return EdgetlError(f"{path}: cannot write ({e.strerror or e}); {kept}")
 
 
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it, lexically (`Path.is_relative_to` is Python 3.9+)."""
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve_inside(root: Path, rel: str, what: str = "path", error: type[EdgetlError] = ArtifactError) -> Path:
     """``root / rel`` for a path read from a manifest or a list file, refused unless it stays in ``root``.
 
@@ -93,7 +102,7 @@ def resolve_inside(root: Path, rel: str, what: str = "path", error: type[EdgetlE
     if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute():
         raise error(f"{root}: {what} {rel!r} is not a relative path inside the folder, refused")
     p = root / rel
-    if not p.resolve().is_relative_to(root.resolve()):
+    if not is_inside(p.resolve(), root.resolve()):
         raise error(f"{p}: {what} leads outside {root}, refused")
     return p
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, one_line
+from ..fileio import is_inside
 
 
 def check_onnx_file(path: Path) -> None:
@@ -28,7 +29,7 @@ def check_onnx_file(path: Path) -> None:
     folder = path.parent.resolve()
     for name, location in _external_locations(model):
         target = folder / location
-        if Path(location).is_absolute() or not target.resolve().is_relative_to(folder):
+        if Path(location).is_absolute() or not is_inside(target.resolve(), folder):
             raise ArtifactError(f"{path}: tensor {name!r} takes its data from {location!r}, outside the model's "
                                 "folder; refused (an ONNX file must not read other files)")
         if not target.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from .. import limits
 from ..choices import Device
@@ -27,13 +28,14 @@ ROWS, TIMING, GATE = "Rows", "Timing", "Gate"
 
 @dataclass
 class BenchConfig:
-    """What `edgetl bench` measures and how; validated once by ``validate``."""
+    """What `edgetl bench` measures and how; validated once by ``validate``. The CLI evaluates these hints
+    on the runtime's Python 3.8, hence `typing.Optional`/`List`/`Tuple`."""
 
-    targets: list[str]
-    data: str | None = option(None, "Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' "
-                              "(default: the run's own validation split).", ROWS, metavar="PATH")
-    backends: tuple[str, ...] = BACKENDS
-    batch_sizes: tuple[int, ...] = (1, 8)
+    targets: List[str]
+    data: Optional[str] = option(None, "Validation data: an ImageFolder (its val/ if present), 'digits' or 'cifar10' "
+                                 "(default: the run's own validation split).", ROWS, metavar="PATH")
+    backends: Tuple[str, ...] = BACKENDS
+    batch_sizes: Tuple[int, ...] = (1, 8)
     device: str = option("auto", "auto: PyTorch on CUDA when it sees a GPU, ONNX Runtime on CPU; cuda: both on "
                          "CUDA. TensorRT always runs on the GPU.", ROWS, choices=Device)
     e2e: bool = option(True, "Also time decode + preprocess + inference from image files.", ROWS,
@@ -43,22 +45,22 @@ class BenchConfig:
     verify: bool = option(True, "Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).",
                           ROWS, flags=("--verify/--no-verify",))
     warmup: int = option(10, "Untimed calls before each row's timing (per round).", TIMING, legal=Range(0, 100_000))
-    iters: int | None = option(None, "Timed calls per row and round (default: at least 100 samples over all rounds "
-                               "and --min-seconds per round).", TIMING, legal=Range(1, 10_000_000))
-    min_seconds: float | None = option(None, "Least timed seconds per row and round (default 1).", TIMING,
-                                       legal=Range(0, 3600, open_lo=True))
-    rounds: int | None = option(None, "Interleaved rounds over all rows; p50 is the median of the rounds' medians "
-                                "(default 1; 3 with --baseline or --save-baseline).", TIMING, legal=Range(1, 100))
-    threads: int | None = option(None, "CPU threads for PyTorch and ONNX Runtime (default: the cores this process "
-                                 "may use).", TIMING, legal=Range(1, 1024))
-    baseline: str | None = option(None, "Gate against an earlier --json report: exit 1 on a latency or accuracy "
-                                  "regression.", GATE, metavar="FILE")
+    iters: Optional[int] = option(None, "Timed calls per row and round (default: at least 100 samples over all rounds "
+                                  "and --min-seconds per round).", TIMING, legal=Range(1, 10_000_000))
+    min_seconds: Optional[float] = option(None, "Least timed seconds per row and round (default 1).", TIMING,
+                                          legal=Range(0, 3600, open_lo=True))
+    rounds: Optional[int] = option(None, "Interleaved rounds over all rows; p50 is the median of the rounds' medians "
+                                   "(default 1; 3 with --baseline or --save-baseline).", TIMING, legal=Range(1, 100))
+    threads: Optional[int] = option(None, "CPU threads for PyTorch and ONNX Runtime (default: the cores this process "
+                                    "may use).", TIMING, legal=Range(1, 1024))
+    baseline: Optional[str] = option(None, "Gate against an earlier --json report: exit 1 on a latency or accuracy "
+                                     "regression.", GATE, metavar="FILE")
     max_regression: float = option(MAX_REGRESSION, "Largest accepted p50 latency growth against the baseline, as a fraction.",
                                    GATE, legal=Range(0, 1000))
     max_drop: float = option(1.0, "Largest accepted top-1 drop against the baseline, in points.", GATE,
                              legal=limits.POINTS)
-    save_baseline: str | None = option(None, "Write this report as a baseline (not when the gate fails).", GATE,
-                                       metavar="FILE")
+    save_baseline: Optional[str] = option(None, "Write this report as a baseline (not when the gate fails).", GATE,
+                                          metavar="FILE")
     force: bool = option(False, "Save --save-baseline even when other processes took more than 10% of the CPU while "
                          "timing (its latencies are then inflated).", GATE, flags=("--force",))
     allow_empty: bool = option(False, "Let a gate that compared no row pass (default: exit 5, since a baseline from "

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping  # typing's Mapping subscripts on Python 3.8 (the runtime's floor)
 
 from ..errors import ArtifactError, UsageError
 from .config import SCHEMA_VERSION

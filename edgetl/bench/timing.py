@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's Callable subscripts on Python 3.8 (the runtime's floor)
 
 import numpy as np
 

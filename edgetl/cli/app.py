@@ -11,20 +11,31 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from .. import DISTRIBUTION
 from ..errors import Interrupted, one_line, printable
 from .help import HelpCommand, HelpGroup
+from .options import resolved
+
+# The training side (fine-tuning, export, auto, explain) needs Python 3.10+, PyTorch and the full `edgetl`
+# distribution; `edgetl-runtime` runs the deploy commands on Python 3.8+ and ships without `edgetl.train`.
+TRAINING = sys.version_info >= (3, 10) and DISTRIBUTION == "edgetl"
+TRAINING_COMMANDS = ("finetune", "auto", "eval", "check-data", "models", "explain", "demo", "export", "calib")
 
 
 class _App(typer.Typer):
     def command(self, *args: Any, **kwargs: Any) -> Any:
-        """Every command renders its help with `edgetl.cli.help` (readable at 80 columns)."""
+        """Every command renders its help with `edgetl.cli.help` (readable at 80 columns), and its
+        annotations reach Typer evaluated, on every Python (`options.resolved`)."""
         kwargs.setdefault("cls", HelpCommand)
-        return super().command(*args, **kwargs)
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(resolved(fn))
 
 
 app = _App(
     name="edgetl", no_args_is_help=True, add_completion=False, rich_markup_mode="rich", cls=HelpGroup,
-    help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them.",
+    help="Fine-tune a pretrained CNN, export verified ONNX / INT8 / TensorRT artifacts, and benchmark them." + (
+        "" if TRAINING else "\n\nThis is the deploy runtime (`edgetl-runtime`, or Python < 3.10): "
+        f"{', '.join(TRAINING_COMMANDS)} run where the full `edgetl` is installed (Python 3.10+, PyTorch)."),
 )
 
 
@@ -80,8 +91,9 @@ def _stop(e: Interrupted) -> NoReturn:
 
 
 def main() -> None:
-    import sys
-
+    if not TRAINING:
+        app()
+        return
     from ..export.config import ExportConfig
     from .options import with_bare_values
 

@@ -1,13 +1,17 @@
-"""`edgetl predict`, `doctor` and `bench`: what runs where the model is deployed."""
+"""`edgetl build`, `predict`, `doctor` and `bench`: what runs where the model is deployed.
+
+Torch-free and Python 3.8-compatible (the `edgetl-runtime` distribution ships these commands alone), so
+Typer-evaluated annotations use `typing.List`/`Optional` and typing_extensions' `Annotated`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
+from typing_extensions import Annotated
 
 from .. import limits, plots
 from ..bench.config import BACKENDS, ROWS, BenchConfig
@@ -21,9 +25,66 @@ OUTPUT = "Output"
 
 
 @app.command()
+def build(
+    onnx: Annotated[Path, typer.Argument(help="ONNX to build: model.int8.onnx (Q/DQ) for --int8, model.fp16.onnx for --fp16 (model.onnx also works on TensorRT 8.x/10.x).")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine. TensorRT 11 builds strongly typed networks only, so it needs the FP16 ONNX.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (unquantized layers in FP16 on TensorRT 8.x/10.x). Without --fp16/--int8 the precision follows the file name.")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder: TensorRT's own INT8 calibration of an FP32 ONNX (TensorRT 8.x/10.x only); preprocessing from the manifest.json next to the ONNX.")] = None,
+    calib_cache: Annotated[Optional[Path], typer.Option(help="With --calib: TensorRT calibration cache, read when it exists (delete it to recalibrate), written after calibration.")] = None,
+    workspace: Annotated[int, typer.Option(help="Builder workspace limit in MB.")] = 1024,
+    dla: Annotated[Optional[int], typer.Option(help="Run on this DLA core (Jetson), unsupported layers fall back to the GPU; needs --fp16 or --int8.")] = None,
+    opt_batch: Annotated[int, typer.Option(help="Batch size TensorRT tunes its kernels for.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (dynamic-batch ONNX; a fixed-batch ONNX keeps its batch).")] = 32,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Tactic timing cache: loaded when it exists, saved after the build; makes rebuilds faster.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Engine file (default: next to the ONNX, e.g. model.int8.engine). Its provenance goes to ENGINE.json beside it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the engine's provenance record (the sidecar) on stdout.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Refuse an ONNX file whose sha256 differs from the manifest.json beside it (exit 4).")] = True,
+) -> None:
+    """Build a TensorRT engine on this machine; it runs only with this TensorRT version and this GPU."""
+
+    def body() -> None:
+        import time
+
+        from rich.markup import escape
+
+        from ..artifacts.engine import default_engine_path, sidecar_path
+        from ..artifacts.manifest import precision_of
+        from ..engines.builder import build_engine, check_build_numbers
+        from ..engines.calibrator import calibration_batches, onnx_preprocess
+        from ..errors import UsageError
+
+        check_build_numbers(opt_batch, max_batch, workspace, dla)
+        if verify:
+            from ..runtime.verify import verify_artifact
+
+            verify_artifact(onnx)
+        if fp16 and int8:
+            raise UsageError("--fp16 and --int8 exclude each other (an INT8 engine already runs its unquantized layers in FP16 where it can)")
+        precision = "int8" if int8 else "fp16" if fp16 else precision_of(onnx.name)
+        engine = out or default_engine_path(onnx, precision)
+        batches = calibration_batches(calib, onnx_preprocess(onnx), 8) if calib is not None else None
+        start = time.perf_counter()
+        with err_console.status(f"building {escape(str(engine))} ({precision}); TensorRT takes a minute or more"):
+            meta = build_engine(onnx, engine, precision, opt_batch=opt_batch, max_batch=max_batch,
+                                workspace_mb=workspace, dla_core=dla, timing_cache=timing_cache,
+                                calibrator_batches=batches, calib_cache=calib_cache)
+        if as_json:
+            print(json.dumps(meta, indent=2))
+            return
+        out_console.print(
+            f"[bold green]built[/] {escape(str(engine))} ({meta['precision']}, {meta['calibration'] or 'no calibration'}, "
+            f"batch {meta['min_batch']}..{meta['max_batch']}, {engine.stat().st_size / 1e6:.1f} MB, "
+            f"{time.perf_counter() - start:.0f} s) for TensorRT {meta['tensorrt_version']} on {meta['gpu']} "
+            f"(sm {meta['compute_capability']}); provenance in {escape(str(sidecar_path(engine)))}",
+            highlight=False, soft_wrap=True)
+
+    run_command(body)
+
+
+@app.command()
 def predict(
     artifact: Annotated[Path, typer.Argument(help="model.onnx, model.int8.onnx, model.fp16.onnx, *.engine, best.pt or a run folder.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 16,
     device: Annotated[Device, typer.Option(help="cpu, or cuda for ONNX Runtime's CUDA provider / PyTorch on GPU (engines always run on the GPU).")] = Device.cpu,
@@ -94,7 +155,7 @@ def doctor(
 @app.command()
 @with_config(BenchConfig, skip=("targets",))
 def bench(
-    targets: Annotated[list[Path], typer.Argument(help="Run folders (the original best.pt against every artifact in RUN/export), export folders, or artifact files (.onnx, .engine, best.pt).")],
+    targets: Annotated[List[Path], typer.Argument(help="Run folders (the original best.pt against every artifact in RUN/export), export folders, or artifact files (.onnx, .engine, best.pt).")],
     backends: Annotated[str, typer.Option(help=f"Comma-separated rows to produce, from {', '.join(BACKENDS)} (default: all).", show_default=False, rich_help_panel=ROWS)] = ",".join(BACKENDS),
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.", rich_help_panel=ROWS)] = "1,8",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.", rich_help_panel=OUTPUT)] = None,

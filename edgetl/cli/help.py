@@ -128,6 +128,15 @@ class HelpCommand(typer.core.TyperCommand):
 
 
 class HelpGroup(typer.core.TyperGroup):
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """A training command on the deploy runtime says where it runs, instead of click's "No such command"."""
+        from .app import TRAINING, TRAINING_COMMANDS
+
+        if args and not TRAINING and args[0] in TRAINING_COMMANDS:
+            ctx.fail(f"`edgetl {args[0]}` is not in this install: it needs Python 3.10+, PyTorch and the full "
+                     "`edgetl` (pip install edgetl); this deploy runtime runs build, predict, doctor and bench")
+        return super().resolve_command(ctx, args)
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         listed = [(name, (self.commands[name].help or "").split("\n\n")[0]) for name in self.list_commands(ctx)
                   if not self.commands[name].hidden]

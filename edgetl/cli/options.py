@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields
 from enum import Enum
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar  # typing's Callable subscripts on Python 3.8
 
 import typer
+from typing_extensions import Annotated, get_type_hints
 
 from ..options import option_of
 
@@ -19,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def config_parameters(cls: type, skip: Collection[str] = ()) -> list[inspect.Parameter]:
     """One keyword parameter per option field of ``cls``, annotated for Typer."""
-    hints = typing.get_type_hints(cls)
+    hints = get_type_hints(cls)
     params = []
     for f in fields(cls):
         o = option_of(f)
@@ -37,11 +38,21 @@ def config_parameters(cls: type, skip: Collection[str] = ()) -> list[inspect.Par
     return params
 
 
+def resolved(fn: F) -> F:
+    """``fn`` with its string annotations (``from __future__ import annotations``) evaluated, Annotated
+    metadata kept: Typer evaluates them itself only on Python 3.10+, and the deploy commands run on 3.8."""
+    sig, hints = inspect.signature(fn), get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) if isinstance(p.annotation, str) else p
+              for p in sig.parameters.values()]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
 def with_config(cls: type, skip: Collection[str] = ()) -> Callable[[F], F]:
     """Give a command (declared with ``**config``) the options of ``cls``, listed before its own options."""
 
     def decorate(fn: F) -> F:
-        sig = inspect.signature(fn, eval_str=True)
+        sig = inspect.signature(resolved(fn))
         own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         first = [p for p in own if p.default is p.empty]  # the context and the arguments
         rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not p.empty]

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import limits
 from ..errors import DataError
+from ..fileio import is_inside
 from ..images import IMAGE_EXTENSIONS, load_rgb
 from ..images import max_pixels as bomb_limit
 from ..progress import Log, Tick, as_log, no_tick
@@ -142,7 +143,7 @@ def list_image_folder(folder: Path, boundary: Path | None = None) -> Listing:
 def _inside(path: Path, real_root: Path) -> bool:
     """Whether ``path``'s real location is inside ``real_root``; a symlink loop is not."""
     try:
-        return path.resolve().is_relative_to(real_root)
+        return is_inside(path.resolve(), real_root)
     except (OSError, RuntimeError):  # Python before 3.13 raises RuntimeError for a symlink loop
         return False
 
@@ -364,7 +365,9 @@ def _decode(path: Path, min_side: int, max_pixels: int) -> tuple[str | None, tup
     except DataError as e:
         cause = e.__cause__
         kind = "truncated" if cause is not None and "truncated" in str(cause) else "corrupt"
-        return None, size, Finding("bad", kind, str(path), str(e).removeprefix(f"{path}: "))
+        why, prefix = str(e), f"{path}: "
+        why = why[len(prefix):] if why.startswith(prefix) else why  # str.removeprefix is Python 3.9+
+        return None, size, Finding("bad", kind, str(path), why)
     if min(size) < min_side:
         return mode, size, Finding("warning", "too_small", str(path), f"{size[0]}x{size[1]} px, shorter side under {min_side} px")
     if size[0] * size[1] > max_pixels:

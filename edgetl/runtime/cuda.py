@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import DISTRIBUTION
 from ..errors import EdgetlError, UsageError
 
-INSTALL_HINT = "pip install 'edgetl[trt]'"
+INSTALL_HINT = f"pip install '{DISTRIBUTION}[trt]'"
 
 
 def cudart() -> ModuleType:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import DISTRIBUTION
 from ..artifacts.manifest import precision_of
 from ..errors import ArtifactError, UsageError
 
@@ -37,7 +38,7 @@ class OrtRunner:
             opts.inter_op_num_threads = 1
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UsageError("ONNX Runtime has no CUDA provider here; pip install 'edgetl[gpu]' (onnxruntime-gpu)")
+                raise UsageError(f"ONNX Runtime has no CUDA provider here; pip install '{DISTRIBUTION}[gpu]' (onnxruntime-gpu)")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
