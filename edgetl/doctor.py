@@ -38,6 +38,8 @@ _JETSON_INDEX = {
     "36.2": "https://pypi.jetson-ai-lab.io/jp6/cu122",
     "36.3": "https://pypi.jetson-ai-lab.io/jp6/cu122",
     "36": "https://pypi.jetson-ai-lab.io/jp6/cu126",
+    "38": "https://pypi.jetson-ai-lab.io/sbsa/cu130",  # JetPack 7: SBSA-aligned, CUDA 13
+    "39": "https://pypi.jetson-ai-lab.io/sbsa/cu130",
 }
 _PROBE_TIMEOUT_S = 120.0  # the TensorRT provider builds an engine, even for one node
 
@@ -338,17 +340,25 @@ def _install_hints(jetson: dict[str, Any] | None) -> dict[str, str]:
         }
     index = jetson_index(jetson)
     ort_gpu = f"{swap}pip install onnxruntime-gpu --index-url {index}"
+    ort_cpu = f"pip install onnxruntime-gpu --index-url {index}"
     trt = ("use JetPack's system TensorRT: sudo apt install python3-libnvinfer (its Python bindings); "
            "a venv sees it only if made with --system-site-packages; do not pip install tensorrt on a Jetson")
-    if str(jetson.get("l4t", "")).startswith("35."):
-        trt += ("; JetPack 5's bindings are for its Python 3.8 and edgetl needs 3.10+, so there build engines "
-                "with /usr/src/tensorrt/bin/trtexec")
+    major = str(jetson.get("l4t", "")).split(".")[0]
+    if major == "35":
+        trt += ("; JetPack 5's bindings are for its Python 3.8, where edgetl-runtime runs "
+                "(pip install ./packaging/runtime)")
+    elif major in ("38", "39"):
+        ort_cpu, ort_gpu = "pip install onnxruntime", ("no onnxruntime-gpu build runs on JetPack 7 yet (none for Orin's sm_87 on NVIDIA's sbsa/cu130 "
+                   "index; microsoft/onnxruntime#27098 for Thor): ONNX runs on the CPU provider here and TensorRT "
+                   "engines on the GPU (edgetl build, bench trt-*); or build onnxruntime with CUDA from source")
+        trt = ("JetPack 7 takes NVIDIA's SBSA TensorRT: the nvcr.io/nvidia/tensorrt container (Dockerfile.jetpack7) "
+               f"or pip install '{DISTRIBUTION}[trt]' on its Python 3.12")
     return {
         "torch": f"optional on a Jetson (ONNX and engine runtimes do not need it); to train here: "
                  f"pip install torch torchvision --index-url {index}",
         "torch-cuda": f"pip install --force-reinstall torch torchvision --index-url {index}",
         "gpu": "run on the Jetson itself; in Docker add --runtime nvidia",
-        "onnxruntime": f"pip install onnxruntime-gpu --index-url {index}",
+        "onnxruntime": ort_cpu,
         "onnxruntime-gpu": ort_gpu,
         "onnxruntime-trt": ort_gpu,  # its TensorRT libraries (libnvinfer) are JetPack's own
         "tensorrt": trt,

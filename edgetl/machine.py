@@ -37,7 +37,8 @@ JETPACK_FOR_L4T: dict[str, tuple[str, str]] = {
     "36.4.4": ("6.2.1", "10.3.0"),
     "36.4.7": ("6.2.1", "10.3.0"),
 }
-JETPACK_SERIES = {"32": "4.x", "34": "5.0.x DP", "35": "5.x", "36": "6.x"}
+# JetPack 7 (R38: 7.0/7.1 on Thor; R39: 7.2, Thor and Orin) is SBSA-aligned: TensorRT 10.13+ and CUDA 13.
+JETPACK_SERIES = {"32": "4.x", "34": "5.0.x DP", "35": "5.x", "36": "6.x", "38": "7.0/7.1", "39": "7.2"}
 
 _L4T_LINE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
 _L4T_BOARD = re.compile(r"BOARD:\s*([^,\s]+)")

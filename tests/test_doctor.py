@@ -26,6 +26,9 @@ R36_3_0 = ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI
            "DATE: Mon May  6 17:34:21 UTC 2024\n")
 R35_4_1 = ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
            "DATE: Tue Aug  1 19:57:35 UTC 2023\n")
+# The line's format as JetPack 5 and 6 write it, with JetPack 7.2's release number (R39.2).
+R39_2_0 = ("# R39 (release), REVISION: 2.0, GCID: 41000000, BOARD: generic, EABI: aarch64, "
+           "DATE: Mon Jun  8 10:00:00 UTC 2026\n")
 # /proc/cpuinfo on an Orin (arm64 kernels print implementer/part codes, no model name).
 ORIN_CPUINFO = "".join(
     f"processor\t: {i}\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
@@ -131,6 +134,20 @@ def test_jetson_root_gives_jetpack_model_and_jetson_install_commands(tmp_path: P
     console = Console(record=True, width=400)
     render_doctor(report, console)
     assert f"R{l4t} / JetPack {jetpack}" in console.export_text()
+
+
+def test_jetpack7_says_onnx_runs_on_the_cpu_and_tensorrt_is_the_sbsa_one(tmp_path: Path) -> None:
+    root = fake_jetson(tmp_path, R39_2_0, "NVIDIA Jetson AGX Orin Developer Kit")
+    report = collect(root)
+    assert (report["jetson"]["l4t"], report["jetson"]["jetpack"]) == ("39.2.0", "7.2")
+    b = report["backends"]
+    if not b["onnxruntime-cuda"]["ok"]:
+        assert "no onnxruntime-gpu build runs on JetPack 7" in b["onnxruntime-cuda"]["install"]
+        assert "ONNX runs on the CPU provider" in b["onnxruntime-cuda"]["install"]
+    if not b["tensorrt"]["ok"]:
+        assert "SBSA TensorRT" in b["tensorrt"]["install"] and "python3-libnvinfer" not in b["tensorrt"]["install"]
+    if not b["onnxruntime-cpu"]["ok"]:
+        assert b["onnxruntime-cpu"]["install"] == "pip install onnxruntime"
 
 
 def test_jetpack6_from_the_sysfs_model_and_brief_release_line(tmp_path: Path) -> None:
