@@ -3,8 +3,13 @@
 #   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.log
 # 1. the CUDA/TensorRT tests, 2. AMP fp16/bf16 vs fp32 training throughput with and without
 # torch.compile, 3. PyTorch eager vs ONNX Runtime latency (CUDA provider where installed),
-# then a short summary. Uses the Python on PATH (or $PYTHON) with PyTorch already installed;
-# installs nothing from the network.
+# 4. edgetl's CUDA-event timer (the one bench uses for TensorRT rows, through cuda-python) on
+# PyTorch's CUDA stream against torch.cuda.Event, then a short summary. Uses the Python on PATH (or
+# $PYTHON) with PyTorch already installed; installs nothing from the network. cuda-python, which the
+# timer needs, is installed from benchmarks/wheels/ when it is missing there; fetch its wheels for the
+# GPU machine's Python beforehand (an ignored folder: pass it with the run's carry):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     cuda-python -d benchmarks/wheels
 set -uo pipefail
 PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
@@ -28,6 +33,10 @@ for m in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "tensorrt"):
     except Exception as e:
         print(f"{m} missing ({type(e).__name__})")
 PY
+
+if ! $PY -c "import cuda.bindings.runtime" 2>/dev/null && ls benchmarks/wheels/*.whl > /dev/null 2>&1; then
+  $PY -m pip install --quiet --no-index --find-links benchmarks/wheels cuda-python || true
+fi
 
 echo "== 1. CUDA and TensorRT tests"
 if $PY -m pytest -q -m "gpu or tensorrt" tests/test_gpu.py tests/test_tensorrt.py -p no:cacheprovider; then
@@ -83,6 +92,31 @@ with tempfile.TemporaryDirectory() as d:
         print("onnxruntime: no CUDAExecutionProvider here (pip install 'edgetl[gpu]'); skipped")
 PY
 note "latency: $(paste -sd ';' /tmp/latency.txt)"
+
+echo "== 4. CUDA-event timer on PyTorch's stream vs torch.cuda.Event (Lite0, 224 px)"
+$PY - <<'PY' | tee /tmp/events.txt
+import numpy as np, torch
+from edgetl.models import build
+from edgetl.runtime.cuda import EventTimer
+
+model = build("efficientnet_lite0", 1000, "imagenet").model.eval().cuda()
+stream = torch.cuda.current_stream()
+timer = EventTimer(stream.cuda_stream)
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+for bs in (1, 8):
+    x = torch.randn(bs, 3, 224, 224, device="cuda")
+    ours, host, theirs = [], [], []
+    with torch.inference_mode():
+        for i in range(220):
+            gpu, wall = timer.time(lambda: model(x))
+            start.record(stream); model(x); end.record(stream); end.synchronize()
+            if i >= 20:
+                ours.append(gpu); host.append(wall); theirs.append(start.elapsed_time(end))
+    print(f"batch {bs}: edgetl events {np.median(ours):.3f} ms (host {np.median(host):.3f} ms), "
+          f"torch events {np.median(theirs):.3f} ms, ratio {np.median(ours) / np.median(theirs):.3f}")
+timer.close()
+PY
+note "events: $(paste -sd ';' /tmp/events.txt)"
 
 echo
 echo "== summary"

@@ -33,3 +33,66 @@ def test_torch_runner_on_cuda_matches_cpu(tiny_run: Path) -> None:
     cpu = open_runner(tiny_run, device="cpu").run(x)
     gpu = open_runner(tiny_run, device="cuda").run(x)
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+
+
+def _cuda_python() -> None:
+    try:
+        from edgetl.runtime.cuda import cudart
+
+        cudart()
+    except Exception as e:  # noqa: BLE001 - whatever stops cuda-python, the reason is the skip
+        pytest.skip(f"cuda-python is not usable here ({e}); benchmarks/gpu_check.sh installs it from wheels/")
+
+
+def test_the_cuda_event_timer_on_pytorchs_stream_agrees_with_torch_events() -> None:
+    """edgetl's TensorRT timer (cuda-python events, spin-waited) timing PyTorch work on PyTorch's own
+    stream: the same GPU time as torch.cuda.Event measures, and a host time that covers it."""
+    import torch
+
+    from edgetl.runtime.cuda import EventTimer
+
+    _cuda_python()
+    a, b = torch.randn(2048, 2048, device="cuda"), torch.randn(2048, 2048, device="cuda")
+    stream = torch.cuda.current_stream()
+    timer = EventTimer(stream.cuda_stream)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    try:
+        ours, host, theirs = [], [], []
+        for _ in range(30):
+            gpu, wall = timer.time(lambda: torch.mm(a, b))
+            ours.append(gpu)
+            host.append(wall)
+            start.record(stream)
+            torch.mm(a, b)
+            end.record(stream)
+            end.synchronize()
+            theirs.append(start.elapsed_time(end))
+    finally:
+        timer.close()
+    assert np.median(ours) == pytest.approx(np.median(theirs), rel=0.2)
+    assert np.median(host) >= 0.9 * np.median(ours)
+
+
+def test_a_cuda_graph_captured_on_pytorchs_stream_replays_the_work() -> None:
+    import torch
+
+    from edgetl.runtime.cuda import CudaGraph, EventTimer
+
+    _cuda_python()
+    s = torch.cuda.Stream()
+    a, b = torch.ones(1 << 20, device="cuda"), torch.full((1 << 20,), 2.0, device="cuda")
+    c = torch.zeros_like(a)
+    with torch.cuda.stream(s):
+        torch.add(a, b, out=c)  # uncaptured first run, as for TensorRT
+        s.synchronize()
+        c.zero_()
+        s.synchronize()
+        graph = CudaGraph(s.cuda_stream, lambda: torch.add(a, b, out=c))
+        timer = EventTimer(s.cuda_stream)
+        try:
+            assert float(c.sum()) == 0.0  # captured, not run
+            gpu, _ = timer.time(graph.launch)
+            assert gpu > 0 and float(c.sum()) == 3.0 * (1 << 20)
+        finally:
+            timer.close()
+            graph.close()

@@ -410,3 +410,52 @@ def test_runner_refuses_an_engine_whose_sidecar_hash_was_altered(onnx_models: di
     sidecar_path(engine).write_text(json.dumps({**meta, "sha256": "0" * 64}))
     with pytest.raises(ArtifactError, match="sha256.*rebuild it: edgetl build"):
         TrtRunner(engine)
+
+
+@pytest.mark.tensorrt
+def test_qdq_engines_are_strongly_typed_from_tensorrt_10_unless_asked_otherwise(onnx_models: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    meta = build_engine(onnx_models["int8"], tmp_path / "model.int8.engine", "int8", max_batch=4)
+    assert meta["strongly_typed"] is (trt_major() >= 10)
+    if trt_major() == 10:
+        weak = build_engine(onnx_models["int8"], tmp_path / "weak.int8.engine", "int8", max_batch=4, weak_typing=True)
+        assert weak["strongly_typed"] is False
+
+
+@pytest.mark.tensorrt
+def test_build_profile_writes_every_layer_with_its_precision_and_time(onnx_models: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from edgetl.artifacts.layers import layers_path, load_layers
+
+    engine = tmp_path / "model.int8.engine"
+    meta = build_engine(onnx_models["int8"], engine, "int8", max_batch=4, profile=True)
+    assert meta["profiling_verbosity"] == "detailed"
+    doc = load_layers(engine)
+    assert layers_path(engine).is_file() and doc["format"] == ("tensorrt-11" if trt_major() >= 11 else "tensorrt-10")
+    assert doc["layers"] and doc["total_ms"] > 0 and doc["profile"][0] == {"count": 50}
+    assert "int8" in {r["precision"] for r in doc["layers"]}  # the Q/DQ convolutions
+    assert all(r["median_ms"] is None or r["median_ms"] >= 0 for r in doc["layers"])
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("graph", [False, True], ids=["events", "cuda-graph"])
+def test_engine_timing_with_resident_inputs_reports_gpu_and_host_time(onnx_models: dict[str, Path], tmp_path: Path,
+                                                                      graph: bool) -> None:
+    from edgetl.bench.timing import EventTimed, sample
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    engine = tmp_path / "model.fp16.engine"
+    build_engine(onnx_models["fp16"], engine, "fp16", max_batch=4)
+    runner = TrtRunner(engine)
+    try:
+        timed = EventTimed(runner, [batch(2) for _ in range(4)], cuda_graph=graph)
+        try:
+            assert timed.timer == ("cuda-graph" if graph and not timed.resident.graph_error else "cuda-event")
+            gpu = sample(timed, warmup=5, iters=30, min_seconds=0, min_samples=30)
+            assert len(gpu) == len(timed.host) == 30 and min(gpu) > 0
+            assert sorted(timed.host)[15] >= 0.9 * sorted(gpu)[15]  # the host waited for the GPU work it timed
+        finally:
+            timed.close()
+        assert rel_error(runner.run(batch(3)), ort_logits(onnx_models["fp32"], batch(3))) < 0.02  # still usable
+    finally:
+        runner.close()

@@ -42,6 +42,12 @@ class BenchConfig:
                        flags=("--e2e/--no-e2e",))
     roofline: bool = option(False, "Measure this machine's matrix-multiply peaks, count the model's FLOPs, report "
                             "GFLOP/s and the fraction of peak.", ROWS, flags=("--roofline",))
+    cuda_graph: bool = option(False, "TensorRT rows: capture each enqueue in a CUDA graph and time its launches "
+                              "(trtexec's --useCudaGraph); falls back to plain enqueues, saying so, where capture "
+                              "fails.", TIMING, flags=("--cuda-graph",))
+    vs_trtexec: bool = option(False, "TensorRT rows: also time each engine with trtexec (--useCudaGraph "
+                              "--noDataTransfers --useSpinWait) and show its median beside edgetl's, as a ratio.",
+                              TIMING, flags=("--vs-trtexec",))
     verify: bool = option(True, "Refuse artifacts whose sha256 differs from the manifest.json beside them (exit 4).",
                           ROWS, flags=("--verify/--no-verify",))
     warmup: int = option(10, "Untimed calls before each row's timing (per round).", TIMING, legal=Range(0, 100_000))

@@ -28,6 +28,13 @@ COLUMNS = (  # (header, row -> text); the terminal table and the markdown share 
 )
 
 
+# TensorRT rows timed by CUDA events: the host's wall time of the same calls, and trtexec's median.
+HOST_COLUMNS = (("host p50 ms", lambda r: _f(r.get("host_p50_ms"), ".3f")),)
+TRTEXEC_COLUMNS = (
+    ("trtexec ms", lambda r: _f(r.get("trtexec_p50_ms"), ".3f")),
+    ("vs trtexec", lambda r: "-" if r.get("vs_trtexec") is None else f"{r['vs_trtexec']:.2f}x"),
+)
+
 ROOFLINE_COLUMNS = (
     ("GFLOP/s", lambda r: _f(r["gflops"], ".1f")),
     ("% of peak", lambda r: "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}% {r['peak_kind']}"),
@@ -42,6 +49,10 @@ def _columns(report: Report) -> list[tuple[str, Callable[[dict[str, Any]], str]]
     cols = list(COLUMNS)
     if len(report.targets) > 1:
         cols.insert(0, ("run", lambda r: r["run"]))
+    if any(r.get("host_p50_ms") is not None for r in report.rows):
+        cols.extend(HOST_COLUMNS)
+    if any(r.get("trtexec_p50_ms") is not None for r in report.rows):
+        cols.extend(TRTEXEC_COLUMNS)
     if report.roofline:
         cols.extend(ROOFLINE_COLUMNS)
     tolerance = report.gate.max_regression if report.gate is not None else MAX_REGRESSION

@@ -22,6 +22,7 @@ ROW_FIELDS = (
     "run", "model", "backend", "runtime", "precision", "device", "artifact", "sha256", "batch_size", "status",
     "top1", "top5", "delta_top1", "images", "numerics",
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "samples", "p50_rounds_ms", "timer",
+    "host_p50_ms", "trtexec_p50_ms", "vs_trtexec",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_mean_ms", "e2e_std_ms", "e2e_throughput", "e2e_samples",
     "size_mb", "speedup", "gflops", "peak_gflops", "peak_kind", "peak_fraction",
 )
@@ -57,7 +58,10 @@ class Row(Mapping[str, Any]):
     throughput: float | None = None
     samples: int | None = None
     p50_rounds_ms: list[float] | None = None
-    timer: str | None = None
+    timer: str | None = None  # host | cuda-event | cuda-graph
+    host_p50_ms: float | None = None  # TensorRT: the host's wall time of the same timed calls
+    trtexec_p50_ms: float | None = None  # --vs-trtexec: trtexec's median GPU compute time
+    vs_trtexec: float | None = None  # p50_ms / trtexec_p50_ms
     e2e_p50_ms: float | None = None
     e2e_p90_ms: float | None = None
     e2e_p99_ms: float | None = None

@@ -30,6 +30,7 @@ from .schema import ROW_FIELDS, Report, load_report
 from .timing import (
     BUSY,
     CpuMeter,
+    EventTimed,
     Timed,
     busy_share,
     contention_line,
@@ -39,6 +40,7 @@ from .timing import (
     latency_stats,
     sample,
 )
+from .trtexec import find_trtexec, gpu_median_ms
 
 
 def run_bench(cfg: BenchConfig, log: Log | Callable[[str], None] | None = None) -> Report:
@@ -49,6 +51,7 @@ def run_bench(cfg: BenchConfig, log: Log | Callable[[str], None] | None = None) 
     """
     cfg.validate()
     baseline = load_report(Path(cfg.baseline)) if cfg.baseline else None  # a bad baseline fails before the work
+    trtexec = find_trtexec() if cfg.vs_trtexec else None  # asked for and missing: refused before the work
     session = _Session(cfg, as_log(log))
     targets = plan(cfg)
     if cfg.verify:
@@ -65,13 +68,16 @@ def run_bench(cfg: BenchConfig, log: Log | Callable[[str], None] | None = None) 
         "settings": {"targets": list(cfg.targets), "data": cfg.data, "backends": list(cfg.backends),
                      "batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "iters": cfg.iters,
                      "min_seconds": cfg.seconds, "min_samples": MIN_SAMPLES, "rounds": cfg.n_rounds,
-                     "threads": session.threads, "device": cfg.device, "e2e": cfg.e2e},
+                     "threads": session.threads, "device": cfg.device, "e2e": cfg.e2e,
+                     "cuda_graph": cfg.cuda_graph, "vs_trtexec": cfg.vs_trtexec},
         "environment": env, "targets": [], "rows": [], "contention": None, "roofline": None, "gate": None,
     }
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
         try:
             report["targets"] = [session.prepare(t, Path(tmp) / str(n)) for n, t in enumerate(targets)]
             session.measure(session.lives, range(cfg.n_rounds))
+            if trtexec is not None:
+                session.trtexec(trtexec)
             rows = session.rows(targets)
             if baseline is not None:
                 rows, report["gate"] = session.judge(targets, rows, env, baseline)
@@ -113,6 +119,8 @@ class Live:
     e2e_timers: dict[int, Timed]
     rounds: dict[int, list[list[float]]] = field(default_factory=dict)
     e2e: dict[int, list[float]] = field(default_factory=dict)
+    host: dict[int, list[float]] = field(default_factory=dict)  # TensorRT: host wall time of the timed calls
+    trtexec: dict[int, float] = field(default_factory=dict)  # --vs-trtexec: its GPU compute median per batch
 
     def row_id(self, batch_size: int) -> dict[str, Any]:
         return {"artifact": _artifact_name(self.item), "backend": self.item.backend,
@@ -181,14 +189,27 @@ class _Session:
                 if judge is not runner:
                     judge.close()
             cuda_torch = item.backend == "torch" and runner.device == "cuda"
-            make = cuda_event_timer if cuda_torch else host_timer
             bss = self.cfg.batch_sizes
-            model_timers = {bs: make(runner, inputs.batches(bs)) for bs in bss}
+            model_timers = {bs: self._model_timer(item, runner, inputs.batches(bs), cuda_torch) for bs in bss}
             e2e = {bs: e2e_timer(runner, inputs.files, bs, inputs.preprocess) for bs in bss} if self.cfg.e2e else {}
         except EdgetlError as e:
             runner.close()
             return f"failed: {one_line(e)}"
         return Live(target, item, runner, acc, numerics, "cuda-event" if cuda_torch else "host", model_timers, e2e)
+
+    def _model_timer(self, item: Item, runner: Runner, batches: list[np.ndarray], cuda_torch: bool) -> Timed:
+        """TensorRT: CUDA events around device-resident launches (a CUDA graph with --cuda-graph), as
+        trtexec times; PyTorch on CUDA: CUDA events; everything else, and an engine whose batch range
+        does not hold this batch (run() chunks or pads it): the host clock."""
+        if runner.backend == "tensorrt":
+            lo, hi = getattr(runner, "min_batch", 1), getattr(runner, "max_batch", 0)
+            if lo <= len(batches[0]) <= hi:
+                timed = EventTimed(runner, batches, self.cfg.cuda_graph)
+                if timed.resident.graph_error:
+                    self.log(f"{item.backend} ({_artifact_name(item)}) batch {len(batches[0])}: CUDA graph "
+                             f"capture failed ({timed.resident.graph_error}); timing plain enqueues")
+                return timed
+        return (cuda_event_timer if cuda_torch else host_timer)(runner, batches)
 
     def _torch_live(self, target: Target) -> Live | None:
         return next((lv for lv in self.lives if lv.target is target and lv.item.backend == "torch"), None)
@@ -209,14 +230,28 @@ class _Session:
                     for bs in cfg.batch_sizes:
                         if (id(lv), bs) not in todo:
                             continue
-                        samples = sample(lv.model_timers[bs], cfg.warmup, cfg.iters, cfg.seconds, per_round)
+                        timed = lv.model_timers[bs]
+                        samples = sample(timed, cfg.warmup, cfg.iters, cfg.seconds, per_round)
                         lv.rounds.setdefault(bs, []).append(samples)
+                        if isinstance(timed, EventTimed):
+                            lv.host.setdefault(bs, []).extend(timed.host)
                         if r == 0 and lv.e2e_timers:
                             lv.e2e[bs] = sample(lv.e2e_timers[bs], min(cfg.warmup, 2), cfg.iters, cfg.seconds / 2,
                                                 E2E_MIN_SAMPLES)
                         self.log(f"round {r + 1}: {lv.item.backend} ({_artifact_name(lv.item)}) batch {bs}: "
                                  f"p50 {np.median(samples):.3f} ms")
                         tick()
+
+    def trtexec(self, trtexec: Path) -> None:
+        """--vs-trtexec: trtexec's median GPU compute time for every TensorRT row timed by CUDA events."""
+        for lv in self.lives:
+            for bs, timed in lv.model_timers.items():
+                if not isinstance(timed, EventTimed):
+                    continue
+                runner = lv.runner
+                shape = (bs, *runner.input_shape[1:])  # type: ignore[attr-defined]
+                self.log(f"trtexec ({_artifact_name(lv.item)}) batch {bs}")
+                lv.trtexec[bs] = gpu_median_ms(trtexec, runner.path, runner._input, shape)  # type: ignore[attr-defined]
 
     def judge(self, targets: list[Target], rows: list[dict[str, Any]], env: dict[str, Any],
               baseline: Report) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -272,7 +307,8 @@ class _Session:
 
     @staticmethod
     def _measured(lv: Live, bs: int, ref: dict[str, Any], torch_live: Live | None) -> dict[str, Any]:
-        out: dict[str, Any] = {**lv.row_id(bs), "status": "ok", "timer": lv.timer, "top1": round(lv.acc.top1, 3),
+        timer = getattr(lv.model_timers.get(bs), "timer", lv.timer)
+        out: dict[str, Any] = {**lv.row_id(bs), "status": "ok", "timer": timer, "top1": round(lv.acc.top1, 3),
                                "top5": round(lv.acc.top5, 3), "images": lv.acc.images, "numerics": lv.numerics}
         if ref["top1"] is not None:
             out["delta_top1"] = round(out["top1"] - ref["top1"], 3)
@@ -281,12 +317,20 @@ class _Session:
             e2e = latency_stats([lv.e2e[bs]], bs)
             out.update({f"e2e_{k}": e2e[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
                        e2e_throughput=e2e["throughput"], e2e_samples=e2e["samples"])
+        if lv.host.get(bs):
+            out["host_p50_ms"] = round(float(np.median(lv.host[bs])), 4)
+        if bs in lv.trtexec:
+            out["trtexec_p50_ms"] = round(lv.trtexec[bs], 4)
+            out["vs_trtexec"] = round(out["p50_ms"] / lv.trtexec[bs], 3)
         if torch_live is not None and bs in torch_live.rounds:
             out["speedup"] = round(latency_stats(torch_live.rounds[bs], bs)["p50_ms"] / out["p50_ms"], 3)
         return out
 
     def close(self) -> None:
         for lv in self.lives:
+            for timed in lv.model_timers.values():
+                if isinstance(timed, EventTimed):
+                    timed.close()
             lv.runner.close()
 
 

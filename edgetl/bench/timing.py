@@ -1,5 +1,6 @@
-"""Timing: host and CUDA-event timers, end-to-end timing from image files, sampling to a count or a time,
-latency statistics, and the CPU time other processes took meanwhile (/proc/stat)."""
+"""Timing: host and CUDA-event timers (TensorRT: device-resident inputs, optionally a CUDA graph), end-to-end
+timing from image files, sampling to a count or a time, latency statistics, and the CPU time other processes
+took meanwhile (/proc/stat)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,28 @@ def cuda_event_timer(runner: Runner, batches: list[np.ndarray]) -> Timed:
     return timed
 
 
+class EventTimed:
+    """A TensorRT engine timed alone: device-resident inputs (no copies), its own stream, CUDA events
+    around each launch (the sample), the host's wall time of the same calls beside them in ``host``."""
+
+    def __init__(self, runner: Any, batches: list[np.ndarray], cuda_graph: bool) -> None:
+        from ..runtime.cuda import EventTimer
+
+        self.resident = runner.resident(batches, cuda_graph)
+        self.events = EventTimer(self.resident.stream)
+        self.host: list[float] = []
+        self.timer = "cuda-graph" if self.resident.graphs else "cuda-event"
+
+    def __call__(self, i: int) -> float:
+        gpu, host = self.events.time(lambda: self.resident.launch(i))
+        self.host.append(host)
+        return gpu
+
+    def close(self) -> None:
+        self.events.close()
+        self.resident.free()
+
+
 def e2e_timer(runner: Runner, files: list[Path], batch_size: int, pp: Preprocess) -> Timed:
     """Decode + the deploy preprocessing of `edgetl predict` + inference, from image files."""
     def timed(i: int) -> float:
@@ -65,6 +88,8 @@ def sample(timed: Timed, warmup: int, iters: int | None, min_seconds: float, min
     try:
         for i in range(warmup):
             timed(i)
+        if isinstance(timed, EventTimed):
+            timed.host.clear()  # the host times of the samples only
         out: list[float] = []
         start = time.perf_counter()
         while True:

@@ -20,15 +20,19 @@ from ..errors import printable
 from .app import app, err_console, out_console, run_command
 from .log import ConsoleLog
 from .options import config_values, with_config
+from .render import layer_table
 
 OUTPUT = "Output"
+LAYERS_SHOWN = 10
 
 
 @app.command()
 def build(
     onnx: Annotated[Path, typer.Argument(help="ONNX to build: model.int8.onnx (Q/DQ) for --int8, model.fp16.onnx for --fp16 (model.onnx also works on TensorRT 8.x/10.x).")],
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine. TensorRT 11 builds strongly typed networks only, so it needs the FP16 ONNX.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (unquantized layers in FP16 on TensorRT 8.x/10.x). Without --fp16/--int8 the precision follows the file name.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX, strongly typed on TensorRT 10/11 (the ONNX decides each layer's precision; unquantized layers in FP32). Without --fp16/--int8 the precision follows the file name.")] = False,
+    weak_typing: Annotated[bool, typer.Option("--weak-typing", help="TensorRT 8.5/10.x: FP16+INT8 builder flags instead of strong typing, so TensorRT may run unquantized layers in FP16 (faster, its choice; TensorRT 8.5's only mode; gone in 11).")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Build with DETAILED profiling verbosity and write ENGINE.layers.json: each layer's type, precision, tactic and median GPU time (read by bench --layers).")] = False,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder: TensorRT's own INT8 calibration of an FP32 ONNX (TensorRT 8.x/10.x only); preprocessing from the manifest.json next to the ONNX.")] = None,
     calib_cache: Annotated[Optional[Path], typer.Option(help="With --calib: TensorRT calibration cache, read when it exists (delete it to recalibrate), written after calibration.")] = None,
     workspace: Annotated[int, typer.Option(help="Builder workspace limit in MB.")] = 1024,
@@ -59,7 +63,7 @@ def build(
 
             verify_artifact(onnx)
         if fp16 and int8:
-            raise UsageError("--fp16 and --int8 exclude each other (an INT8 engine already runs its unquantized layers in FP16 where it can)")
+            raise UsageError("--fp16 and --int8 exclude each other (--int8 --weak-typing lets TensorRT run unquantized layers in FP16)")
         precision = "int8" if int8 else "fp16" if fp16 else precision_of(onnx.name)
         engine = out or default_engine_path(onnx, precision)
         batches = calibration_batches(calib, onnx_preprocess(onnx), 8) if calib is not None else None
@@ -67,7 +71,8 @@ def build(
         with err_console.status(f"building {escape(str(engine))} ({precision}); TensorRT takes a minute or more"):
             meta = build_engine(onnx, engine, precision, opt_batch=opt_batch, max_batch=max_batch,
                                 workspace_mb=workspace, dla_core=dla, timing_cache=timing_cache,
-                                calibrator_batches=batches, calib_cache=calib_cache)
+                                calibrator_batches=batches, calib_cache=calib_cache, weak_typing=weak_typing,
+                                profile=profile)
         if as_json:
             print(json.dumps(meta, indent=2))
             return
@@ -75,8 +80,13 @@ def build(
             f"[bold green]built[/] {escape(str(engine))} ({meta['precision']}, {meta['calibration'] or 'no calibration'}, "
             f"batch {meta['min_batch']}..{meta['max_batch']}, {engine.stat().st_size / 1e6:.1f} MB, "
             f"{time.perf_counter() - start:.0f} s) for TensorRT {meta['tensorrt_version']} on {meta['gpu']} "
-            f"(sm {meta['compute_capability']}); provenance in {escape(str(sidecar_path(engine)))}",
-            highlight=False, soft_wrap=True)
+            f"(sm {meta['compute_capability']}, {'strongly' if meta['strongly_typed'] else 'weakly'} typed); "
+            f"provenance in {escape(str(sidecar_path(engine)))}", highlight=False, soft_wrap=True)
+        if profile:
+            from ..artifacts.layers import layers_path, load_layers
+
+            out_console.print(layer_table(load_layers(engine), LAYERS_SHOWN))
+            out_console.print(f"layer profile in {escape(str(layers_path(engine)))}", highlight=False)
 
     run_command(body)
 
@@ -161,6 +171,7 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (schema in the README) to this file.", rich_help_panel=OUTPUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write a pull-request-ready markdown table to this file.", rich_help_panel=OUTPUT)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw p50 latency against top-1 for every row into this PNG file.", rich_help_panel=OUTPUT)] = None,
+    layers: Annotated[bool, typer.Option("--layers", help=f"After the table, each TensorRT engine's {LAYERS_SHOWN} slowest layers and their precisions, from ENGINE.layers.json (edgetl build --profile).", rich_help_panel=OUTPUT)] = False,
     quiet: Annotated[bool, typer.Option(help="No progress lines.", rich_help_panel=OUTPUT)] = False,
     **config: Any,
 ) -> None:
@@ -186,6 +197,8 @@ def bench(
         for i, line in enumerate(lines):
             style = "" if i else "[bold green]" if report.gate is not None and report.gate.passed else "[bold red]"
             out_console.print(f"{style}{escape(line)}", highlight=False, soft_wrap=True)
+        if layers:
+            _print_layers(report, cfg)
         if json_out:
             report.save(json_out)
         if markdown:
@@ -209,3 +222,33 @@ def bench(
             raise typer.Exit(1 if report.gate.failures else GATE_EMPTY_EXIT)
 
     run_command(body)
+
+
+def _print_layers(report: Any, cfg: Any) -> None:
+    """`bench --layers`: the layer table of every TensorRT engine the report timed."""
+    from ..artifacts.layers import load_layers
+    from ..errors import EdgetlError
+
+    engines = []
+    for row in report.rows:
+        if row["runtime"] == "tensorrt" and row["artifact"]:
+            engines.extend(p for p in _engine_paths(cfg, row["artifact"]) if p not in engines)
+    if not engines:
+        err_console.print("--layers: no TensorRT engine rows in this report", highlight=False)
+    for engine in engines:
+        try:
+            out_console.print(layer_table(load_layers(engine), LAYERS_SHOWN))
+        except EdgetlError as e:
+            err_console.print(f"--layers: {printable(str(e))}", highlight=False, soft_wrap=True)
+
+
+def _engine_paths(cfg: Any, name: str) -> list[Path]:
+    """Where an engine row's file is: a target itself, or in a run's/export folder's export."""
+    out = []
+    for t in map(Path, cfg.targets):
+        for p in (t, t / name, t / "export" / name):
+            if p.name == name and p.is_file():
+                out.append(p)
+                break
+    return out
+

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..errors import printable
 from .app import out_console
 
 
@@ -95,3 +96,23 @@ def _missing(info: dict[str, Any]) -> str:
     from rich.markup import escape
 
     return "" if info["version"] else f"[red]missing[/] ({escape(str(info['error']))})"
+
+
+def layer_table(doc: dict[str, Any], limit: int) -> Table:
+    """The slowest layers of one ENGINE.layers.json, with what share of the engine's time they take and
+    how much of it runs outside the engine's nominal precision."""
+    rows = doc["layers"]
+    t = Table(title=f"{doc.get('engine')}: {len(rows)} layers, {doc.get('total_ms') or 0:.3f} ms at batch "
+                    f"{doc.get('batch')} (TensorRT {doc.get('tensorrt_version')}, {doc.get('format')})")
+    for name in ("layer", "type", "precision", "median ms", "share"):
+        t.add_column(name, justify="right" if name in ("median ms", "share") else "left")
+    for r in rows[:limit]:
+        t.add_row(printable(r["name"]), r["type"], r["precision"] or "?",
+                  "-" if r["median_ms"] is None else f"{r['median_ms']:.4f}",
+                  "-" if r["share"] is None else f"{100 * r['share']:.1f}%")
+    by_precision: dict[str, float] = {}
+    for r in rows:
+        by_precision[r["precision"] or "?"] = by_precision.get(r["precision"] or "?", 0.0) + (r["share"] or 0.0)
+    t.caption = "time by precision: " + ", ".join(f"{p} {100 * v:.1f}%" for p, v in
+                                                  sorted(by_precision.items(), key=lambda kv: -kv[1]))
+    return t

@@ -12,10 +12,12 @@ Why it is shaped this way:
   of ``tensorrt.__version__`` (``10.3.0`` ≠ ``10.3.0.26`` ≠ ``10.7.0``): a patch release may change
   the serialization format, and a false refusal costs one rebuild while a false acceptance can crash.
 - INT8 is explicit: the engine is built from the Q/DQ ``model.int8.onnx`` that ONNX Runtime already
-  verified on the CPU. TensorRT 8.5-10.x get the FP16 flag next to INT8, so layers left unquantized run
-  in FP16. TensorRT 11 removed the FP16/INT8 builder flags and implicit calibration: every network is
-  strongly typed, so the ONNX decides the precision (an FP16 engine needs ``model.fp16.onnx``, and the
-  unquantized layers of a Q/DQ model run in the precision the ONNX gives them).
+  verified on the CPU, strongly typed wherever TensorRT allows it (10.x and 11.x): the ONNX alone
+  decides each layer's precision, so engines built from one Q/DQ file on TensorRT 10 and 11 compute the
+  same thing, and layers left unquantized run in the ONNX's FP32. ``weak_typing`` (`--weak-typing`)
+  keeps TensorRT 8.5's only mode on 10.x: FP16 and INT8 flags, TensorRT free to run unquantized layers
+  in FP16 (faster, but its choice). TensorRT 11 removed the FP16/INT8 builder flags and implicit
+  calibration: an FP16 engine there needs ``model.fp16.onnx``.
 - Implicit INT8 calibration (``IInt8EntropyCalibrator2`` with a calibration cache) stays for TensorRT
   8.x/10.x users who want it; TensorRT 11 refuses it with a UsageError.
 
@@ -43,6 +45,7 @@ from ..runtime.tensorrt import import_tensorrt, last_error, logger, trt_version
 from .calibrator import entropy_calibrator
 
 PRECISIONS = ("fp32", "fp16", "int8")
+PROFILE_ITERATIONS = 50
 
 
 def build_engine(
@@ -58,6 +61,8 @@ def build_engine(
     timing_cache: Path | None = None,
     calibrator_batches: Iterable[np.ndarray] | None = None,
     calib_cache: Path | None = None,
+    weak_typing: bool = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Build a TensorRT engine from ``onnx_path``; write it and its ``ENGINE.json`` sidecar atomically.
 
@@ -75,7 +80,8 @@ def build_engine(
     Every input whose dim 0 is -1 gets one optimization profile (``min_batch``/``opt_batch``/``max_batch``);
     only the batch may be dynamic. ``dla_core`` runs layers on that DLA core with GPU fallback (Jetson).
     ``timing_cache`` is loaded when it exists (a cache from another TensorRT or GPU is replaced) and
-    saved after the build. Returns the sidecar dict.
+    saved after the build. ``profile`` builds with DETAILED profiling verbosity and writes
+    ``ENGINE.layers.json`` (`write_layer_profile`). Returns the sidecar dict.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     timing_cache = Path(timing_cache) if timing_cache is not None else None
@@ -87,8 +93,8 @@ def build_engine(
 
     check_onnx_file(onnx_path)  # TensorRT's parser follows external data paths without ONNX Runtime's checks
     version = trt_version(trt)
-    strongly_typed = version[0] >= 11
-    if calibrator_batches is not None and strongly_typed:
+    strongly_typed = typed_strongly(version, _has_qdq(onnx_path), weak_typing, dla_core)
+    if calibrator_batches is not None and version[0] >= 11:
         raise UsageError(
             f"TensorRT {trt.__version__} has no implicit INT8 calibration (removed in TensorRT 11): build the "
             f"Q/DQ model.int8.onnx that `edgetl export --int8` writes, with --int8 and without --calib")
@@ -97,17 +103,19 @@ def build_engine(
     log = logger(trt)
     log.last_error = ""
     builder = trt.Builder(log)
-    network = builder.create_network(_network_flags(trt, version))
+    network = builder.create_network(_network_flags(trt, version, strongly_typed))
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it ({_parser_errors(parser)})")
     input_name, input_shape = _single_input(network, onnx_path)
     has_qdq, has_half = _network_types(trt, network)
     calibration = _calibration_mode(onnx_path, precision, has_qdq, has_half, calibrator_batches is not None,
-                                    strongly_typed, str(trt.__version__))
+                                    version[0] >= 11, str(trt.__version__))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if profile:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if not strongly_typed and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if not strongly_typed and precision == "int8":
@@ -162,10 +170,36 @@ def build_engine(
         "workspace_mb": int(workspace_mb),
         "strongly_typed": strongly_typed,
         "calibration": calibration,
+        "profiling_verbosity": "detailed" if profile else "default",
         "edgetl_version": __version__,
     }
     atomic_write_json(sidecar_path(engine_path), meta)
+    if profile:
+        write_layer_profile(engine_path)
     return meta
+
+
+def write_layer_profile(engine: Path, iterations: int = PROFILE_ITERATIONS) -> dict[str, Any]:
+    """``ENGINE.layers.json``: the inspector's layers joined with their median GPU times over
+    ``iterations`` runs at the engine's opt batch, slowest first (`edgetl.artifacts.layers`)."""
+    from ..artifacts.layers import layer_table, layers_path, parse_inspector, parse_profile
+    from ..runtime.tensorrt import TrtRunner
+
+    runner = TrtRunner(engine)
+    try:
+        doc = runner.inspect()
+        batch = int(runner.meta.get("opt_batch") or runner.min_batch)
+        records = runner.profile(batch, iterations)
+    finally:
+        runner.close()
+    fmt, layers = parse_inspector(doc, str(engine))
+    table = layer_table(layers, parse_profile(records, str(engine)))
+    out = {"engine": Path(engine).name, "tensorrt_version": runner.meta.get("tensorrt_version"), "format": fmt,
+           "batch": batch, "iterations": iterations,
+           "total_ms": round(sum(r["median_ms"] or 0.0 for r in table), 4), "layers": table,
+           "profile": records, "inspector": doc}
+    atomic_write_json(layers_path(engine), out)
+    return out
 
 
 # --- build helpers ---------------------------------------------------------------------------------
@@ -195,15 +229,35 @@ def _check_build_args(onnx: Path, engine: Path, precision: str, min_batch: int, 
         raise UsageError(f"{engine}: an engine file must end in .engine (that is how runners recognise it)")
 
 
-def _network_flags(trt: ModuleType, version: tuple[int, ...]) -> int:
-    """EXPLICIT_BATCH where it is needed (8.x; ignored by 10, gone in 11); STRONGLY_TYPED on 11, where it is
-    always on (kept while the enum still has it, so the intent is visible). The flag *values* changed
-    between versions, hence ``1 << int(flag)`` and never a literal."""
+def typed_strongly(version: tuple[int, ...], has_qdq: bool, weak_typing: bool, dla_core: int | None) -> bool:
+    """Whether the network is strongly typed: always on TensorRT 11 (weak typing is gone there); on 10.x
+    for Q/DQ models unless ``weak_typing`` or a DLA core (DLA needs the FP16/INT8 flags); never on 8.x,
+    which has no strong typing (STRONGLY_TYPED came with 9.0)."""
+    if version[0] >= 11:
+        if weak_typing:
+            raise UsageError("--weak-typing: TensorRT 11 builds strongly typed networks only (its FP16/INT8 "
+                             "builder flags are gone); drop the flag")
+        return True
+    return version[0] == 10 and has_qdq and not weak_typing and dla_core is None
+
+
+def _has_qdq(onnx_path: Path) -> bool:
+    """Whether the ONNX holds Q/DQ nodes: decided before the network exists, since typing is a creation flag."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def _network_flags(trt: ModuleType, version: tuple[int, ...], strongly_typed: bool) -> int:
+    """EXPLICIT_BATCH where it is needed (8.x; ignored by 10, gone in 11); STRONGLY_TYPED when asked for
+    (on 11 it is always on and kept while the enum still has it, so the intent is visible). The flag
+    *values* changed between versions, hence ``1 << int(flag)`` and never a literal."""
     creation = trt.NetworkDefinitionCreationFlag
     flags = 0
     if version[0] < 10:
         flags |= 1 << int(creation.EXPLICIT_BATCH)
-    if version[0] >= 11 and hasattr(creation, "STRONGLY_TYPED"):
+    if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
         flags |= 1 << int(creation.STRONGLY_TYPED)
     return flags
 
@@ -242,8 +296,9 @@ def _network_types(trt: ModuleType, network: Any) -> tuple[bool, bool]:
 
 
 def _calibration_mode(onnx: Path, precision: str, has_qdq: bool, has_half: bool, calibrate: bool,
-                      strongly_typed: bool, version: str) -> str | None:
-    """The sidecar's ``calibration`` value; refuses an ONNX whose types contradict ``precision``."""
+                      no_flags: bool, version: str) -> str | None:
+    """The sidecar's ``calibration`` value; refuses an ONNX whose types contradict ``precision``.
+    ``no_flags``: TensorRT 11, which has no FP16 flag and no implicit calibration."""
     if has_qdq and precision != "int8":
         raise UsageError(f"{onnx}: holds Q/DQ (INT8) nodes: build it with --int8")
     if precision == "int8":
@@ -252,14 +307,14 @@ def _calibration_mode(onnx: Path, precision: str, has_qdq: bool, has_half: bool,
                 raise UsageError(f"{onnx}: is already quantized (Q/DQ nodes); build it without --calib")
             return "explicit-qdq"
         if not calibrate:
-            extra = "" if strongly_typed else ", or pass --calib DIR for TensorRT's own (implicit) calibration"
+            extra = "" if no_flags else ", or pass --calib DIR for TensorRT's own (implicit) calibration"
             raise UsageError(f"{onnx}: has no Q/DQ nodes: build INT8 engines from the model.int8.onnx that "
                              f"`edgetl export --int8` writes{extra}")
         return "implicit-entropy"
-    if strongly_typed and precision == "fp16" and not has_half:
+    if no_flags and precision == "fp16" and not has_half:
         raise UsageError(f"{onnx}: is an FP32 model and TensorRT {version} builds strongly typed networks only "
                          f"(no FP16 flag): build the model.fp16.onnx that `edgetl export` writes with --fp16")
-    if strongly_typed and precision == "fp32" and has_half:
+    if no_flags and precision == "fp32" and has_half:
         raise UsageError(f"{onnx}: holds FP16 tensors: build it with --fp16")
     return None
 

@@ -3,6 +3,7 @@ a Jetson deployment has no PyTorch. Importing this module imports nothing heavy.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
@@ -92,3 +93,64 @@ class DeviceBuffer:
             self.ptr, self.nbytes = 0, 0
 
 
+
+
+class EventTimer:
+    """GPU time of the work enqueued on ``stream`` between two CUDA events, and the host's wall time of
+    the same call (enqueue to completion), as trtexec measures with --useSpinWait: completion is polled
+    rather than waited for, so the host clock is not stretched by the driver's sleep."""
+
+    def __init__(self, stream: Any) -> None:
+        rt = cudart()
+        self.stream = stream
+        self.start = cuda_call(rt.cudaEventCreate(), "cudaEventCreate")
+        self.end = cuda_call(rt.cudaEventCreate(), "cudaEventCreate")
+
+    def time(self, enqueue: Any) -> tuple[float, float]:
+        """(GPU ms, host ms) of one ``enqueue()``, which only enqueues work on the stream."""
+        rt = cudart()
+        not_ready = rt.cudaError_t.cudaErrorNotReady
+        t0 = time.perf_counter_ns()
+        cuda_call(rt.cudaEventRecord(self.start, self.stream), "cudaEventRecord")
+        enqueue()
+        cuda_call(rt.cudaEventRecord(self.end, self.stream), "cudaEventRecord")
+        while True:
+            (err,) = rt.cudaEventQuery(self.end)
+            if err != not_ready:
+                cuda_call((err,), "cudaEventQuery")
+                break
+        host = (time.perf_counter_ns() - t0) / 1e6
+        return float(cuda_call(rt.cudaEventElapsedTime(self.start, self.end), "cudaEventElapsedTime")), host
+
+    def close(self) -> None:
+        rt = cudart()
+        for event in (self.start, self.end):
+            rt.cudaEventDestroy(event)
+
+
+class CudaGraph:
+    """The work one ``enqueue()`` puts on ``stream``, captured once into a CUDA graph and then launched
+    as one unit (trtexec's --useCudaGraph). Enqueue once, uncaptured, before: TensorRT does its
+    first-run allocations then, and those may not be captured."""
+
+    def __init__(self, stream: Any, enqueue: Any) -> None:
+        rt = cudart()
+        self.stream = stream
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_call(rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+        try:
+            ok = enqueue()
+        finally:
+            graph = cuda_call(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        try:
+            if ok is False:
+                raise EdgetlError("the enqueue cannot be captured in a CUDA graph (TensorRT refused it)")
+            self.exec = cuda_call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            rt.cudaGraphDestroy(graph)
+
+    def launch(self) -> None:
+        cuda_call(cudart().cudaGraphLaunch(self.exec, self.stream), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        cudart().cudaGraphExecDestroy(self.exec)

@@ -9,6 +9,7 @@ TensorRT 8.5, 10 and 11.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -158,7 +159,7 @@ class TrtRunner:
             raise EdgetlError(f"{self.path}: TensorRT could not create an execution context "
                               f"({last_error() or 'out of GPU memory?'})")
         self._buffers = {n: DeviceBuffer() for n in names}
-        self._stream = cuda_call(cudart().cudaStreamCreate(), "cudaStreamCreate")
+        self.stream = cuda_call(cudart().cudaStreamCreate(), "cudaStreamCreate")
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW batch in, float32 logits out; any batch size."""
@@ -179,25 +180,143 @@ class TrtRunner:
         if not ctx.set_input_shape(self._input, tuple(host.shape)):
             raise UsageError(f"{self.path}: input shape {tuple(host.shape)} is outside the engine's profile "
                              f"(batch {self.min_batch}..{self.max_batch})")
-        ctx.set_tensor_address(self._input, self._buffers[self._input].upload(host, self._stream))
+        ctx.set_tensor_address(self._input, self._buffers[self._input].upload(host, self.stream))
         outputs = {}
         for name in self._outputs:
             out = np.empty(tuple(int(d) for d in ctx.get_tensor_shape(name)), dtype=self._dtypes[name])
             ctx.set_tensor_address(name, self._buffers[name].ensure(max(out.nbytes, 1)))
             outputs[name] = out
-        if not ctx.execute_async_v3(int(self._stream)):
+        if not ctx.execute_async_v3(int(self.stream)):
             raise EdgetlError(f"{self.path}: TensorRT inference failed ({last_error() or 'see messages above'})")
         logits = outputs[self._outputs[0]]
-        self._buffers[self._outputs[0]].download(logits, self._stream)
-        cuda_call(cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._buffers[self._outputs[0]].download(logits, self.stream)
+        cuda_call(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return logits[:n].astype(np.float32, copy=False)
+
+    def resident(self, batches: list[np.ndarray], cuda_graph: bool = False) -> Resident:
+        """``batches`` (one batch size) copied to the GPU once, each with its own output buffers: the
+        engine timed alone, as trtexec's --noDataTransfers does. See `Resident`."""
+        return Resident(self, batches, cuda_graph)
+
+    def inspect(self) -> Any:
+        """The engine inspector's JSON (layer names only unless it was built with DETAILED verbosity)."""
+        trt = import_tensorrt()
+        inspector = self._engine.create_engine_inspector()
+        for attr in ("execution_context", "context"):  # TensorRT 10/11 and 8.x spell it differently
+            if hasattr(inspector, attr):
+                setattr(inspector, attr, self._context)
+                break
+        return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+    def profile(self, batch: int, iterations: int) -> list[dict[str, Any]]:
+        """Per-layer GPU times over ``iterations`` runs of one zero batch, through TensorRT's IProfiler, as
+        trtexec's --exportProfile records ({"count"}, then name/timeMs/averageMs/medianMs/percentage)."""
+        trt = import_tensorrt()
+        times: dict[str, list[float]] = {}
+
+        class _Profiler(trt.IProfiler):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                times.setdefault(str(layer_name), []).append(float(ms))
+
+        resident = self.resident([np.zeros((batch, *self.input_shape[1:]), dtype=np.float32)])
+        try:
+            resident.launch(0)  # untimed: TensorRT's first-run setup
+            cuda_call(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            self._context.profiler = _Profiler()  # with a profiler each enqueue reports, synchronously
+            for i in range(iterations):
+                resident.launch(i)
+            cuda_call(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        finally:
+            self._context.profiler = None
+            resident.free()
+        total = sum(sum(v) for v in times.values()) or 1.0
+        return [{"count": iterations}] + [
+            {"name": name, "timeMs": sum(v), "averageMs": sum(v) / len(v), "medianMs": float(np.median(v)),
+             "percentage": 100 * sum(v) / total} for name, v in times.items()]
 
     def close(self) -> None:
         """Free device memory and the stream; the context goes before the engine, the engine before the runtime."""
-        if getattr(self, "_stream", None) is not None:
-            cudart().cudaStreamSynchronize(self._stream)
+        if getattr(self, "stream", None) is not None:
+            cudart().cudaStreamSynchronize(self.stream)
         for buf in getattr(self, "_buffers", {}).values():
             buf.free()
-        if getattr(self, "_stream", None) is not None:
-            cudart().cudaStreamDestroy(self._stream)
-        self._stream = self._context = self._engine = self._runtime = None
+        if getattr(self, "stream", None) is not None:
+            cudart().cudaStreamDestroy(self.stream)
+        self.stream = self._context = self._engine = self._runtime = None
+
+
+class Resident:
+    """Device-resident input batches for timing one engine at one batch size, rotated over so that no
+    batch is served from a warm cache; ``launch(i)`` enqueues batch ``i % n`` on the runner's stream and
+    returns at once. With ``cuda_graph`` each batch's enqueue is captured once in a CUDA graph, which
+    is launched instead (``graph_error`` says why when capture failed and plain enqueues are used)."""
+
+    def __init__(self, runner: TrtRunner, batches: list[np.ndarray], cuda_graph: bool) -> None:
+        self.runner = runner
+        self.stream = runner.stream
+        self.batch = len(batches[0])
+        if not runner.min_batch <= self.batch <= runner.max_batch:
+            raise UsageError(f"{runner.path}: batch {self.batch} is outside the engine's range "
+                             f"{runner.min_batch}..{runner.max_batch}")
+        ctx, dtype = runner._context, runner._dtypes[runner._input]
+        self.slots: list[dict[str, DeviceBuffer]] = []
+        for x in batches:
+            host = np.ascontiguousarray(x, dtype=dtype)
+            if not ctx.set_input_shape(runner._input, tuple(host.shape)):
+                raise UsageError(f"{runner.path}: input shape {tuple(host.shape)} is outside the engine's profile")
+            slot = {runner._input: DeviceBuffer()}
+            slot[runner._input].upload(host)
+            for name in runner._outputs:
+                shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+                slot[name] = DeviceBuffer()
+                slot[name].ensure(max(int(np.prod(shape)) * runner._dtypes[name].itemsize, 1))
+            self.slots.append(slot)
+        self.graphs: list[Any] = []
+        self.graph_error: str | None = None
+        if cuda_graph:
+            self._capture()
+
+    def _bind(self, i: int) -> None:
+        ctx, runner = self.runner._context, self.runner
+        ctx.set_input_shape(runner._input, (self.batch, *runner.input_shape[1:]))
+        for name, buf in self.slots[i % len(self.slots)].items():
+            ctx.set_tensor_address(name, buf.ptr)
+
+    def _enqueue(self, i: int) -> bool:
+        self._bind(i)
+        return bool(self.runner._context.execute_async_v3(int(self.stream)))
+
+    def _capture(self) -> None:
+        from .cuda import CudaGraph
+
+        try:
+            for i in range(len(self.slots)):
+                if not self._enqueue(i):  # the uncaptured first enqueue (TensorRT's lazy setup)
+                    raise EdgetlError(f"TensorRT inference failed ({last_error() or 'see messages above'})")
+                cuda_call(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+                self.graphs.append(CudaGraph(self.stream, lambda i=i: self._enqueue(i)))
+        except EdgetlError as e:
+            cudart().cudaGetLastError()  # a refused capture leaves its error set; plain enqueues follow
+            self.close()
+            self.graph_error = one_line(e)
+
+    def launch(self, i: int) -> None:
+        if self.graphs:
+            self.graphs[i % len(self.graphs)].launch()
+        elif not self._enqueue(i):
+            raise EdgetlError(f"{self.runner.path}: TensorRT inference failed ({last_error() or 'see messages above'})")
+
+    def close(self) -> None:
+        for g in self.graphs:
+            g.close()
+        self.graphs = []
+
+    def free(self) -> None:
+        self.close()
+        for slot in self.slots:
+            for buf in slot.values():
+                buf.free()
+        self.slots = []
