@@ -71,6 +71,27 @@ def test_the_report_is_a_valid_page_whose_images_all_exist(explained: Path) -> N
     assert len(looks) == 12 and [im["wrong"] for im in looks] == sorted((im["wrong"] for im in looks), reverse=True)
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt install chromium); CI runs without one")
+def test_the_report_renders_in_headless_chromium_with_its_pictures(explained: Path, tmp_path: Path) -> None:
+    """The page as a browser draws it, offline: the heat maps and charts show up as colour in the picture."""
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400"]
+    page = (explained / "explain" / "index.html").as_uri()
+    r = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (1400, 1000)
+    saturated = (pixels.max(axis=2).astype(int) - pixels.min(axis=2)) > 80  # map colours, not grey text
+    assert saturated.mean() > 0.01
+
+
 def test_int8_flips_match_a_direct_comparison(explained: Path) -> None:
     from edgetl.data.sources import eval_transform, make_loader
     from edgetl.evaluate import eval_split, load_run_model

@@ -8,11 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import plots
+from .. import extras, plots
 from .app import app, out_console, run_command
 from .log import ConsoleLog
 from .render import artifact_table, print_eval
 from .train import train_with_display
+
+
+DEMO_EXPLAINED = 16  # class-activation maps in the demo's report: a few seconds on 2 cores
 
 
 @app.command()
@@ -22,7 +25,7 @@ def demo(
     img_size: Annotated[int, typer.Option(help="Input size in px.")] = 64,
 ) -> None:
     """The whole chain on the embedded default: bundled EfficientNet-Lite0 fine-tuned on scikit-learn's
-    digits, evaluated, exported to verified FP32, FP16 and INT8 ONNX, and benchmarked."""
+    digits, evaluated, exported to verified FP32, FP16 and INT8 ONNX, benchmarked, and explained (RUN/explain)."""
 
     def body() -> None:
         from ..evaluate import evaluate_run
@@ -54,13 +57,22 @@ def demo(
             plots.latency_accuracy(bench_report.rows, run / "bench.png",
                                    f"edgetl demo on {bench_report.environment['cpu']['model']}")
             pictures = "curves.png and bench.png"
+        explained = f"; no explain report: {extras.install_hint('explain')}"
+        if extras.available("pytorch_grad_cam") and plots.available():
+            from ..explain.config import ExplainConfig
+            from ..explain.report import explain
+
+            out_console.rule("explain")
+            explain_cfg = ExplainConfig(run=str(run), limit=DEMO_EXPLAINED)
+            explain(explain_cfg, log=ConsoleLog(out_console))
+            explained = f"; what it looks at and what INT8 changed: [bold]{explain_cfg.out_dir / 'index.html'}[/]"
         int8, share = report.accuracy["int8"], report.int8 or {}
         out_console.print(
             f"[bold green]demo done[/]: digits validation top-1 {res.top1:.2f}% (PyTorch), "
             f"INT8 ONNX {int8['top1']:.2f}% ({int8['delta_top1']:+.2f}, simulated; {share.get('int8_layers')}/"
             f"{share.get('weighted_layers')} weighted layers and {100 * share.get('int8_mac_share', 0):.0f}% of the "
             f"MACs in INT8); run at [bold]{run}[/] ({pictures}), "
-            f"artifacts in [bold]{run / 'export'}[/]"
+            f"artifacts in [bold]{run / 'export'}[/]{explained}"
         )
 
     run_command(body)
