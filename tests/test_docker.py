@@ -116,6 +116,8 @@ def test_jetson_images_install_edgetl_runtime_without_torch_or_pip_tensorrt(line
     runtime = [t for args in installs for t in args if re.fullmatch(r"['\"]?\./packaging/runtime(\[[\w,]+\])?['\"]?", t)]
     assert len(runtime) == 1, installs
     assert ("[cpu]" in runtime[0]) is (line == 7)  # the CPU onnxruntime only where no Jetson GPU build exists
+    pins = [t for args in installs for t in args if re.match(r"['\"]?cuda-python", t)]
+    assert len(pins) == 1 and "<" in pins[0]  # the TensorRT runner's CUDA calls, pinned to the image's CUDA
     text = path.read_text()
     assert "--system-site-packages" in text  # the venv must see the system's tensorrt
     assert "COPY packaging/runtime ./packaging/runtime" in text and "COPY edgetl ./edgetl" in text

@@ -10,7 +10,7 @@ Both inputs have documented formats that changed across versions, and both are p
   (how NVIDIA's trex reads it), its output's for layers without inputs. An engine built without
   DETAILED verbosity lists layer names only, and is refused with the flag that fixes it.
 - Per-layer profile: trtexec's ``--exportProfile`` records, ``[{"count": N}, {"name", "timeMs",
-  "averageMs", "medianMs", "percentage"}, ...]`` (``medianMs`` is absent before TensorRT 10), which
+  "averageMs", "medianMs", "percentage"}, ...]`` (``medianMs`` is absent before TensorRT 8.4), which
   is also what `edgetl build --profile` writes from TensorRT's IProfiler. Profile rows are joined to
   inspector layers by name; reformatting layers TensorRT inserts may appear in the profile only.
 """

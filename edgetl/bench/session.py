@@ -248,10 +248,10 @@ class _Session:
             for bs, timed in lv.model_timers.items():
                 if not isinstance(timed, EventTimed):
                     continue
-                runner = lv.runner
-                shape = (bs, *runner.input_shape[1:])  # type: ignore[attr-defined]
+                engine = timed.resident.runner
                 self.log(f"trtexec ({_artifact_name(lv.item)}) batch {bs}")
-                lv.trtexec[bs] = gpu_median_ms(trtexec, runner.path, runner._input, shape)  # type: ignore[attr-defined]
+                lv.trtexec[bs] = gpu_median_ms(trtexec, engine.path, engine.input_name, (bs, *engine.input_shape[1:]),
+                                               engine.meta.get("dla_core"))
 
     def judge(self, targets: list[Target], rows: list[dict[str, Any]], env: dict[str, Any],
               baseline: Report) -> tuple[list[dict[str, Any]], dict[str, Any]]:

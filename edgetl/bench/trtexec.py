@@ -35,10 +35,13 @@ def find_trtexec() -> Path:
                      "with TensorRT (JetPack, NVIDIA's TensorRT containers, the TensorRT tar package)")
 
 
-def command(trtexec: Path, engine: Path, input_name: str, shape: tuple[int, ...]) -> list[str]:
-    """trtexec timing ``engine`` at ``shape`` (its dynamic batch fixed by --shapes), as NVIDIA recommends."""
+def command(trtexec: Path, engine: Path, input_name: str, shape: tuple[int, ...],
+            dla_core: int | None = None) -> list[str]:
+    """trtexec timing ``engine`` at ``shape`` (its dynamic batch fixed by --shapes), as NVIDIA recommends
+    (--warmUp in ms, --duration in s); on the DLA core the engine was built for, as edgetl runs it."""
     dims = "x".join(str(d) for d in shape)
-    return [str(trtexec), f"--loadEngine={engine}", f"--shapes={input_name}:{dims}", "--useCudaGraph",
+    dla = [] if dla_core is None else [f"--useDLACore={dla_core}"]
+    return [str(trtexec), f"--loadEngine={engine}", f"--shapes={input_name}:{dims}", *dla, "--useCudaGraph",
             "--noDataTransfers", "--useSpinWait", "--warmUp=500", "--duration=3"]
 
 
@@ -56,9 +59,10 @@ def parse_summary(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def gpu_median_ms(trtexec: Path, engine: Path, input_name: str, shape: tuple[int, ...]) -> float:
+def gpu_median_ms(trtexec: Path, engine: Path, input_name: str, shape: tuple[int, ...],
+                  dla_core: int | None = None) -> float:
     """The median GPU compute time trtexec measures for ``engine`` at ``shape``."""
-    argv = command(trtexec, engine, input_name, shape)
+    argv = command(trtexec, engine, input_name, shape, dla_core)
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -121,10 +121,10 @@ def build_engine(
     if not strongly_typed and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
     if input_shape[0] == -1:
-        profile = builder.create_optimization_profile()
+        shapes = builder.create_optimization_profile()
         rest = input_shape[1:]
-        profile.set_shape(input_name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
-        config.add_optimization_profile(profile)
+        shapes.set_shape(input_name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
+        config.add_optimization_profile(shapes)
     else:  # a fixed-batch ONNX builds a fixed-batch engine, whatever was asked
         min_batch = opt_batch = max_batch = input_shape[0]
     if dla_core is not None:
@@ -187,8 +187,8 @@ def write_layer_profile(engine: Path, iterations: int = PROFILE_ITERATIONS) -> d
 
     runner = TrtRunner(engine)
     try:
-        doc = runner.inspect()
         batch = int(runner.meta.get("opt_batch") or runner.min_batch)
+        doc = runner.inspect(batch)
         records = runner.profile(batch, iterations)
     finally:
         runner.close()

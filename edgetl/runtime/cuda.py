@@ -140,12 +140,17 @@ class CudaGraph:
         cuda_call(rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
         try:
             ok = enqueue()
-        finally:
-            graph = cuda_call(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        except BaseException:
+            err, graph = rt.cudaStreamEndCapture(stream)  # end the capture, keep the enqueue's own error
+            if err == rt.cudaError_t.cudaSuccess:
+                rt.cudaGraphDestroy(graph)
+            raise
+        graph = cuda_call(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
         try:
             if ok is False:
                 raise EdgetlError("the enqueue cannot be captured in a CUDA graph (TensorRT refused it)")
-            self.exec = cuda_call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            # ...WithFlags: one signature, (graph, flags) -> (err, exec), in cuda-python 11, 12 and 13
+            self.exec = cuda_call(rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
         finally:
             rt.cudaGraphDestroy(graph)
 

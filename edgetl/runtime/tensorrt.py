@@ -193,19 +193,24 @@ class TrtRunner:
         cuda_call(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return logits[:n].astype(np.float32, copy=False)
 
+    @property
+    def input_name(self) -> str:
+        return self._input
+
     def resident(self, batches: list[np.ndarray], cuda_graph: bool = False) -> Resident:
         """``batches`` (one batch size) copied to the GPU once, each with its own output buffers: the
         engine timed alone, as trtexec's --noDataTransfers does. See `Resident`."""
         return Resident(self, batches, cuda_graph)
 
-    def inspect(self) -> Any:
-        """The engine inspector's JSON (layer names only unless it was built with DETAILED verbosity)."""
+    def inspect(self, batch: int) -> Any:
+        """The engine inspector's JSON at ``batch`` (layer names only unless it was built with DETAILED
+        verbosity). The context's input shape is set first: without it a dynamic-batch engine's tensor
+        formats, and so its layers' precisions, are left out."""
         trt = import_tensorrt()
+        if not self._context.set_input_shape(self._input, (batch, *self.input_shape[1:])):
+            raise UsageError(f"{self.path}: batch {batch} is outside the engine's profile")
         inspector = self._engine.create_engine_inspector()
-        for attr in ("execution_context", "context"):  # TensorRT 10/11 and 8.x spell it differently
-            if hasattr(inspector, attr):
-                setattr(inspector, attr, self._context)
-                break
+        inspector.execution_context = self._context
         return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
     def profile(self, batch: int, iterations: int) -> list[dict[str, Any]]:
