@@ -78,6 +78,41 @@ def test_the_latency_limit_excludes_slower_finalists() -> None:
     assert winner is None and "no finalist is within --max-latency-ms 0.5" in why
 
 
+def test_a_latency_limit_keeps_looking_and_skips_sizes_already_too_slow(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """The choice of finalists alone: a latency table stands in for export + bench (the run above does both)."""
+    import time
+
+    from edgetl.auto import search
+
+    latency = {("efficientnet_lite1", 160): 2.6, ("efficientnet_lite1", 128): 2.0, ("efficientnet_lite1", 96): 1.2,
+               ("efficientnet_lite0", 96): 0.8, ("efficientnet_lite0", 64): 0.4}
+    measured = []
+
+    def table(cfg: AutoConfig, run: Path, log: object) -> dict:
+        params = trials[int(run.name)]["params"]
+        measured.append(run.name)
+        return {"status": "ok", "latency_ms": latency[params["model"], params["img_size"]], "top1": 80.0 - len(measured),
+                "numerics": "onnxruntime-cpu", "artifact": "model.int8-cpu.onnx", "batch_size": 1}
+
+    monkeypatch.setattr(search, "_measure", table)
+    specs = [("efficientnet_lite1", 128), ("efficientnet_lite1", 160), ("efficientnet_lite1", 96),
+             ("efficientnet_lite0", 96), ("efficientnet_lite0", 64)]
+    trials = [{"number": i, "state": "complete", "val_top1": 90.0 - i, "folder": str(i), "epochs": 3,
+               "stopped": None, "last_val_top1": None,
+               "params": {"model": m, "img_size": size, "strategy": "full", "lr": 1e-3}}
+              for i, (m, size) in enumerate(specs)]
+    cfg = AutoConfig(out=str(tmp_path), max_latency_ms=1.0, finalists=2)
+    finalists = search._finalists(cfg, trials, time.monotonic() + 3600, lambda *a, **k: None)
+    assert measured == ["0", "2", "3", "4"]  # trial 1 (lite1 at 160 px) is not exported: 128 px was too slow
+    assert finalists[1]["status"].startswith("skipped: trial 0, the same model at 128 px, took 2.00 ms")
+    assert [f["trial"] for f in finalists if f["status"] == "ok" and f["latency_ms"] <= 1.0] == [3, 4]
+    assert search._choose(cfg, finalists)[0]["trial"] == 3
+    unlimited = search._finalists(AutoConfig(out=str(tmp_path), finalists=2), trials, time.monotonic() + 3600,
+                                  lambda *a, **k: None)
+    assert [f["trial"] for f in unlimited] == [0, 1]  # without a limit: the two most accurate, as before
+
+
 def test_auto_options_are_checked_before_any_work() -> None:
     from edgetl.models import BUNDLED_WEIGHTS
 

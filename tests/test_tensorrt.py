@@ -415,8 +415,10 @@ def test_runner_refuses_an_engine_whose_sidecar_hash_was_altered(onnx_models: di
 @pytest.mark.tensorrt
 def test_qdq_engines_are_strongly_typed_from_tensorrt_10_unless_asked_otherwise(onnx_models: dict[str, Path],
                                                                                 tmp_path: Path) -> None:
-    meta = build_engine(onnx_models["int8"], tmp_path / "model.int8.engine", "int8", max_batch=4)
+    engine = tmp_path / "model.int8.engine"
+    meta = build_engine(onnx_models["int8"], engine, "int8", max_batch=4)
     assert meta["strongly_typed"] is (trt_major() >= 10)
+    assert meta["profiling_verbosity"] == "default" and not (tmp_path / "model.int8.layers.json").exists()
     if trt_major() == 10:
         weak = build_engine(onnx_models["int8"], tmp_path / "weak.int8.engine", "int8", max_batch=4, weak_typing=True)
         assert weak["strongly_typed"] is False

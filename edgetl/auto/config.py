@@ -40,7 +40,9 @@ class AutoConfig:
                                 legal=limits.COUNT)
     time_budget: str = option("20m", "Wall-clock limit of the search and the finalists' export and timing, e.g. "
                               "90s, 15m, 1h.", SEARCH, metavar="TIME")
-    finalists: int = option(3, "Best trials exported to --target and timed.", TARGET, legal=Range(1, 50))
+    finalists: int = option(3, "Best trials exported to --target and timed (with --max-latency-ms: that many within "
+                            "the limit; a model already over it at a smaller size is not exported again).", TARGET,
+                            legal=Range(1, 50))
     target: str = option("ort-int8", "What the finalists are timed as: the INT8 CPU artifact (ort-int8) or FP32 "
                          "ONNX (ort-fp32), on ONNX Runtime here.", TARGET, choices=AutoTarget)
     max_latency_ms: float | None = option(None, "Finalists slower than this (p50, batch --batch-size-deploy) are "

@@ -258,7 +258,12 @@ def _trial_record(t: Any) -> dict[str, Any]:
 
 def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, log: Log) -> list[dict[str, Any]]:
     """The best finished trials, exported to the target artifact and timed by `edgetl bench`; past the
-    deadline, once one has been timed, the rest are left out."""
+    deadline, once one has been timed, the rest are left out.
+
+    With --max-latency-ms, trials are taken in accuracy order until ``cfg.finalists`` of them fit the
+    limit, and a trial is left out unexported when its model at its input size or a smaller one was
+    already timed over the limit: latency depends on the model and the input size, not on the
+    strategy or the learning rate, and grows with the size."""
     def score(t: dict[str, Any]) -> float | None:  # a trial the deadline cut still has the best.pt of its epochs
         if t["state"] == "complete":
             return t["val_top1"]
@@ -266,10 +271,19 @@ def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, l
 
     done = sorted((t for t in trials if score(t) is not None), key=lambda t: -score(t))  # type: ignore[operator]
     finalists: list[dict[str, Any]] = []
-    for t in done[: cfg.finalists]:
+    over: dict[str, dict[str, Any]] = {}  # model -> the timed finalist at the smallest size found over the limit
+    for t in done:
+        if sum(f.get("status") == "ok" and not _over(cfg, f) for f in finalists) >= cfg.finalists:
+            break
         run = Path(cfg.out_dir) / t["folder"]
         entry = {"trial": t["number"], "params": t["params"], "val_top1": score(t), "run": t["folder"],
                  "epochs": t["epochs"]}
+        slow = over.get(t["params"]["model"])
+        if slow is not None and t["params"]["img_size"] >= slow["params"]["img_size"]:
+            finalists.append({**entry, "status": f"skipped: trial {slow['trial']}, the same model at "
+                                                 f"{slow['params']['img_size']} px, took {slow['latency_ms']:.2f} ms, "
+                                                 f"over --max-latency-ms {cfg.max_latency_ms:g}"})
+            continue
         if time.monotonic() > deadline and any(f.get("status") == "ok" for f in finalists):
             finalists.append({**entry, "status": "skipped: time budget spent"})
             continue
@@ -281,7 +295,16 @@ def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, l
             entry.update(status=f"failed: {e}")
             log(f"  trial {t['number']} left out: {e}")
         finalists.append(entry)
+        if entry.get("status") == "ok" and _over(cfg, entry):
+            model = t["params"]["model"]
+            if model not in over or t["params"]["img_size"] < over[model]["params"]["img_size"]:
+                over[model] = entry
+            log(f"  {entry['latency_ms']:.2f} ms: over --max-latency-ms {cfg.max_latency_ms:g}")
     return finalists
+
+
+def _over(cfg: AutoConfig, finalist: dict[str, Any]) -> bool:
+    return cfg.max_latency_ms is not None and finalist["latency_ms"] > cfg.max_latency_ms
 
 
 def _measure(cfg: AutoConfig, run: Path, log: Log) -> dict[str, Any]:
