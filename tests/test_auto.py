@@ -92,8 +92,9 @@ def test_a_latency_limit_keeps_looking_and_skips_sizes_already_too_slow(monkeypa
     def table(cfg: AutoConfig, run: Path, log: object) -> dict:
         params = trials[int(run.name)]["params"]
         measured.append(run.name)
-        return {"status": "ok", "latency_ms": latency[params["model"], params["img_size"]], "top1": 80.0 - len(measured),
-                "numerics": "onnxruntime-cpu", "artifact": "model.int8-cpu.onnx", "batch_size": 1}
+        return {"status": "ok", "latency_ms": latency[params["model"], params["img_size"]],
+                "top1": 80.0 - len(measured), "numerics": "onnxruntime-cpu", "artifact": "model.int8-cpu.onnx",
+                "batch_size": 1}
 
     monkeypatch.setattr(search, "_measure", table)
     specs = [("efficientnet_lite1", 128), ("efficientnet_lite1", 160), ("efficientnet_lite1", 96),
