@@ -333,14 +333,18 @@ def test_cli_gate_that_compared_nothing_fails_closed(tiny: Path, tmp_path: Path)
     for row in failed["rows"]:
         row["status"] = "failed: it broke"
     for name, baseline in (("other", other), ("empty", empty), ("failed", failed)):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(baseline))
-        r = cli(*args, "--baseline", str(path), cwd=tmp_path)
-        assert r.returncode == 5, (name, r.stdout, r.stderr)
-        assert "0 row(s) compared" in r.stdout and "gate FAIL (nothing compared)" in r.stdout, name
-        if name == "other":
-            assert "another machine" in r.stdout and "Some Other CPU" in r.stdout
-    assert cli(*args, "--baseline", str(tmp_path / "empty.json"), "--allow-empty", cwd=tmp_path).returncode == 0
+        (tmp_path / f"{name}.json").write_text(json.dumps(baseline))
+    r = cli(*args, "--baseline", str(tmp_path / "other.json"), cwd=tmp_path)  # the command's exit code and words
+    assert r.returncode == 5, (r.stdout, r.stderr)
+    assert "0 row(s) compared" in r.stdout and "gate FAIL (nothing compared)" in r.stdout
+    assert "another machine" in r.stdout and "Some Other CPU" in r.stdout
+    quick = dict(targets=[str(tiny / "export" / "model.onnx")], backends=("ort-fp32",), batch_sizes=(1,), e2e=False,
+                 iters=5, warmup=1, rounds=1)
+    for name in ("empty", "failed"):  # the same verdict from the library, without a process each
+        gate_result = run_bench(BenchConfig(**quick, baseline=str(tmp_path / f"{name}.json"))).gate
+        assert gate_result is not None and not gate_result.passed and gate_result.compared == 0, name
+    allowed = run_bench(BenchConfig(**quick, baseline=str(tmp_path / "empty.json"), allow_empty=True)).gate
+    assert allowed is not None and allowed.passed
 
 
 @pytest.mark.parametrize(
