@@ -53,13 +53,19 @@ def main() -> None:
         print(f"default INT8 CPU p50 {p50:.3f} ms: auto's --max-latency-ms {args.latency_fraction * p50:.3f}")
     t_auto = edgetl("auto", "--data", args.data, "--out", str(search), "--time-budget", f"{budget:.0f}s", *extra)
     winner = search / "winner"
+    doc = json.loads((search / "auto.json").read_text())
+    if doc["winner"] is None:  # nothing fit the limit: say what was found instead of timing a winner
+        print(f"default finetune: {t_default:.0f} s; auto: {t_auto:.0f} s against a budget of {budget:.0f} s")
+        print(f"auto's trials: {len(doc['trials'])}; no winner: {doc['why']}")
+        _finalist_lines(doc)
+        return
     if not (winner / "export" / "model.int8-cpu.onnx").exists():
         edgetl("export", str(winner), "--int8", "--int8-cpu", "--no-engine")
     report = args.work / "bench.json"
     edgetl("bench", str(default), str(winner), "--backends", "ort-int8", "--batch-size", "1", "--no-e2e", "--rounds", "5",
            "--json", str(report))
-    rows = {Path(r["run"]).name: r for r in json.loads(report.read_text())["rows"] if r["backend"] == "ort-int8"}
-    doc = json.loads((search / "auto.json").read_text())
+    rows = {Path(r["run"]).name: r for r in json.loads(report.read_text())["rows"]
+            if r["artifact"] == "model.int8-cpu.onnx"}
     val = {"default": json.loads((default / "run.json").read_text())["metrics"]["val_top1"],
            "winner": json.loads((winner / "run.json").read_text())["metrics"]["val_top1"]}
     print(f"default finetune: {t_default:.0f} s; auto: {t_auto:.0f} s against a budget of {budget:.0f} s")
@@ -70,6 +76,10 @@ def main() -> None:
     print(f"winner / default: top-1 {rows['winner']['top1'] - rows['default']['top1']:+.2f} points, latency ratio "
           f"{rows['winner']['p50_ms'] / rows['default']['p50_ms']:.2f}")
     print(f"auto's choice: trial {doc['winner']['trial']} {doc['winner']['params']}: {doc['why']}")
+    _finalist_lines(doc)
+
+
+def _finalist_lines(doc: dict) -> None:
     for f in doc["finalists"]:
         print(f"  finalist trial {f['trial']} {f['params']}: {f.get('top1')}% at {f.get('latency_ms')} ms ({f['status']})")
 

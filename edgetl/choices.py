@@ -76,6 +76,8 @@ class AutoTarget(StrEnum):
 
     ort_int8 = "ort-int8"
     ort_fp32 = "ort-fp32"
+    trt_int8 = "trt-int8"
+    trt_fp16 = "trt-fp16"
 
 
 class CalibMode(StrEnum):

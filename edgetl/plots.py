@@ -112,25 +112,29 @@ def latency_accuracy(rows: Sequence[Any], path: Path, title: str) -> int:
     return len(points)
 
 
-def pareto(finalists: Sequence[dict[str, Any]], winner: dict[str, Any] | None, target: str, path: Path) -> None:
-    """`edgetl auto`'s timed finalists: top-1 against latency, the Pareto front (no other finalist is both
-    faster and more accurate) joined by a line, the chosen one labelled."""
+def pareto(finalists: Sequence[dict[str, Any]], winner: dict[str, Any] | None, target: str, path: Path,
+           by_gflops: bool = False) -> None:
+    """`edgetl auto`'s timed finalists: top-1 against latency (against GFLOPs per image, the stated proxy,
+    where the target cannot be timed here), the Pareto front (no other finalist is both cheaper and more
+    accurate) joined by a line, the chosen one labelled."""
     plt = pyplot()
+    key = "gflops" if by_gflops else "latency_ms"
     timed = [f for f in finalists if f.get("status") == "ok"]
-    front = sorted((f for f in timed if not any(g["latency_ms"] <= f["latency_ms"] and g["top1"] >= f["top1"]
-                                                 and g is not f and (g["latency_ms"], g["top1"]) != (f["latency_ms"], f["top1"])
-                                                 for g in timed)), key=lambda f: f["latency_ms"])
+    front = sorted((f for f in timed if not any(g[key] <= f[key] and g["top1"] >= f["top1"]
+                                                 and g is not f and (g[key], g["top1"]) != (f[key], f["top1"])
+                                                 for g in timed)), key=lambda f: f[key])
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter([f["latency_ms"] for f in timed], [f["top1"] for f in timed], s=50, color="0.6", label="finalist")
-    ax.plot([f["latency_ms"] for f in front], [f["top1"] for f in front], "o-", color="C0", label="Pareto front")
+    ax.scatter([f[key] for f in timed], [f["top1"] for f in timed], s=50, color="0.6", label="finalist")
+    ax.plot([f[key] for f in front], [f["top1"] for f in front], "o-", color="C0", label="Pareto front")
     for f in timed:
         p = f["params"]
-        ax.annotate(f"#{f['trial']} {p['model']} {p['strategy']} {p['img_size']}px", (f["latency_ms"], f["top1"]),
+        ax.annotate(f"#{f['trial']} {p['model']} {p['strategy']} {p['img_size']}px", (f[key], f["top1"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=7)
     if winner is not None:
-        ax.scatter([winner["latency_ms"]], [winner["top1"]], s=160, facecolors="none", edgecolors="C3", linewidths=2,
+        ax.scatter([winner[key]], [winner["top1"]], s=160, facecolors="none", edgecolors="C3", linewidths=2,
                    label=f"chosen: trial {winner['trial']}")
-    ax.set(xlabel=f"{target} p50 latency (ms)", ylabel=f"{target} top-1 (%)", title="edgetl auto: finalists")
+    xlabel = "GFLOPs per image (latency proxy: not timed here)" if by_gflops else f"{target} p50 latency (ms)"
+    ax.set(xlabel=xlabel, ylabel=f"{target} top-1 (%)", title="edgetl auto: finalists")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -43,6 +43,26 @@ def test_auto_on_digits_writes_the_search_and_a_winner_that_exports(tmp_path: Pa
     assert report.accuracy["int8"]["top1"] > 50
 
 
+def test_a_tensorrt_target_without_tensorrt_is_ranked_by_top1_with_gflops_as_the_stated_proxy(tmp_path: Path) -> None:
+    from edgetl.auto.search import auto
+    from edgetl.runtime.tensorrt import available
+
+    if available()[0]:
+        pytest.skip("TensorRT runs here: trt targets are timed, not ranked by a proxy")
+    out = tmp_path / "search"
+    with pytest.raises(UsageError, match="--max-latency-ms needs the finalists timed as trt-int8"):
+        auto(AutoConfig(**TINY, out=str(out), target="trt-int8", max_latency_ms=1.0))
+    assert not (out / "auto.db").exists()  # refused before any work
+    outcome = auto(AutoConfig(**{**TINY, "epochs": 1}, out=str(out), target="trt-int8", trials=2, finalists=1))
+    doc = json.loads((out / "auto.json").read_text())
+    assert doc["latency_proxy"].startswith("GFLOPs per image") and "TensorRT cannot run here" in doc["latency_proxy"]
+    scored = [f for f in doc["finalists"] if f["status"] == "ok"]
+    assert len(scored) == 1 and scored[0]["latency_ms"] is None and scored[0]["gflops"] > 0
+    assert (scored[0]["artifact"], scored[0]["numerics"]) == ("model.int8.onnx", "simulated")  # what TensorRT builds
+    assert outcome.winner["trial"] == scored[0]["trial"] and "not timed: ranked with GFLOPs per image" in doc["why"]
+    assert (out / "pareto.png").stat().st_size > 0
+
+
 def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path: Path) -> None:
     out = tmp_path / "search"
     args = [sys.executable, "-m", "edgetl", "auto", "--out", str(out), "--trials", "3", "--finalists", "1",

@@ -44,7 +44,9 @@ class AutoConfig:
                             "the limit; a model already over it at a smaller size is not exported again).", TARGET,
                             legal=Range(1, 50))
     target: str = option("ort-int8", "What the finalists are timed as: the INT8 CPU artifact (ort-int8) or FP32 "
-                         "ONNX (ort-fp32), on ONNX Runtime here.", TARGET, choices=AutoTarget)
+                         "ONNX (ort-fp32) on ONNX Runtime here, or a TensorRT engine (trt-int8, trt-fp16) built and "
+                         "timed here; where TensorRT cannot run, trt-* finalists are ranked by top-1 with GFLOPs per "
+                         "image as the stated latency proxy.", TARGET, choices=AutoTarget)
     max_latency_ms: float | None = option(None, "Finalists slower than this (p50, batch --batch-size-deploy) are "
                                           "out.", TARGET, legal=limits.POSITIVE)
     batch_size_deploy: int = option(1, "Batch size the finalists are timed at.", TARGET, legal=limits.BATCH)

@@ -57,25 +57,26 @@ def auto(cfg: AutoConfig, resume: bool = False, log: Log | None = None) -> Outco
             raise UsageError(f"{out}: no search to resume (no auto.db)")
         if not resume and db.exists():
             raise UsageError(f"{out}: already holds a search; pass --resume to continue it, or another --out")
+        proxy = _latency_proxy(cfg)  # a limit that cannot be measured here is refused before any work
         _preflight(cfg, log)  # before auto.db exists: data it refuses leaves nothing to --resume
         study = _study(cfg, db, resume)
         deadline = start + cfg.budget_seconds
         _search(cfg, study, out, deadline, log)
         trials = [_trial_record(t) for t in study.trials]
-        finalists = _finalists(cfg, trials, deadline, log)
-        winner, why = _choose(cfg, finalists)
+        finalists = _finalists(cfg, trials, deadline, log, proxy)
+        winner, why = _choose(cfg, finalists, proxy)
         outcome = Outcome(str(out), trials, finalists, winner, why)
         if winner is not None:
             _crown(out, winner, why)
         else:
             outcome.notes.append(why)
         atomic_write_json(out / "auto.json", {"config": cfg.to_dict(), "trials": trials, "finalists": finalists,
-                                              "winner": winner, "why": why,
+                                              "winner": winner, "why": why, "latency_proxy": proxy,
                                               "seconds": round(time.monotonic() - start, 1)})
         from .. import plots
 
         if plots.available() and finalists:
-            plots.pareto(finalists, winner, cfg.target, out / "pareto.png")
+            plots.pareto(finalists, winner, cfg.target, out / "pareto.png", by_gflops=proxy is not None)
         elif finalists:
             outcome.notes.append(f"pareto.png not drawn: matplotlib is not installed ({plots.INSTALL_HINT})")
     return outcome
@@ -256,7 +257,26 @@ def _trial_record(t: Any) -> dict[str, Any]:
             "last_val_top1": t.user_attrs.get("last_val_top1"), "error": t.user_attrs.get("error")}
 
 
-def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, log: Log) -> list[dict[str, Any]]:
+def _latency_proxy(cfg: AutoConfig) -> str | None:
+    """None when finalists are timed as ``cfg.target`` here; for a TensorRT target where TensorRT cannot
+    run, what ranks them instead and why (--max-latency-ms, which needs a measurement, is then refused)."""
+    if not cfg.target.startswith("trt-"):
+        return None
+    from ..runtime.tensorrt import available
+
+    ok, why = available()
+    if ok:
+        return None
+    proxy = f"GFLOPs per image (FP32 ONNX), since TensorRT cannot run here: {why}"
+    if cfg.max_latency_ms is not None:
+        raise UsageError(f"--max-latency-ms needs the finalists timed as {cfg.target}, and TensorRT cannot run here "
+                         f"({why}); without it they are ranked by top-1, with {proxy.split(',')[0]} shown as the "
+                         "latency proxy: drop --max-latency-ms, or run auto where TensorRT runs")
+    return proxy
+
+
+def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, log: Log,
+               proxy: str | None = None) -> list[dict[str, Any]]:
     """The best finished trials, exported to the target artifact and timed by `edgetl bench`; past the
     deadline, once one has been timed, the rest are left out.
 
@@ -288,9 +308,9 @@ def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, l
             finalists.append({**entry, "status": "skipped: time budget spent"})
             continue
         log(f"finalist: trial {t['number']} ({_describe(t['params'])}, val top-1 {entry['val_top1']:.2f}%): exporting "
-            f"and timing as {cfg.target}")
+            f"and {'scoring' if proxy else 'timing'} as {cfg.target}")
         try:
-            entry.update(_measure(cfg, run, log))
+            entry.update(_measure(cfg, run, log, proxy))
         except EdgetlError as e:
             entry.update(status=f"failed: {e}")
             log(f"  trial {t['number']} left out: {e}")
@@ -304,32 +324,55 @@ def _finalists(cfg: AutoConfig, trials: list[dict[str, Any]], deadline: float, l
 
 
 def _over(cfg: AutoConfig, finalist: dict[str, Any]) -> bool:
-    return cfg.max_latency_ms is not None and finalist["latency_ms"] > cfg.max_latency_ms
+    return cfg.max_latency_ms is not None and finalist["latency_ms"] is not None and \
+        finalist["latency_ms"] > cfg.max_latency_ms
 
 
-def _measure(cfg: AutoConfig, run: Path, log: Log) -> dict[str, Any]:
+# The artifact each target deploys, and the ONNX Runtime row that scores it where TensorRT cannot run.
+TARGET_FILES = {"ort-int8": "model.int8-cpu.onnx", "ort-fp32": "model.onnx", "trt-int8": "model.int8.engine",
+                "trt-fp16": "model.fp16.engine"}
+PROXY_ROWS = {"trt-int8": ("ort-int8", "model.int8.onnx"), "trt-fp16": ("ort-fp16", "model.fp16.onnx")}
+
+
+def _measure(cfg: AutoConfig, run: Path, log: Log, proxy: str | None = None) -> dict[str, Any]:
+    """Export the finalist to its target and time it with `edgetl bench`; under a proxy, score the ONNX the
+    engine would be built from (the TensorRT-layout INT8 file judged in float simulation, or the FP16
+    file) and count its FLOPs instead of timing."""
     from ..bench.config import BenchConfig
     from ..bench.session import run_bench
     from ..export.config import ExportConfig
     from ..export.pipeline import export
 
-    int8 = cfg.target == "ort-int8"
-    export(ExportConfig(run=str(run), int8=int8, int8_cpu=int8, engine=False, max_drop=cfg.max_drop, seed=cfg.seed),
-           log=log)
-    report = run_bench(BenchConfig(targets=[str(run)], backends=(cfg.target,), batch_sizes=(cfg.batch_size_deploy,),
-                                   e2e=False, rounds=3, min_seconds=0.5))
-    row = next((r for r in report.rows if r["backend"] == cfg.target and str(r["status"]).startswith("ok")), None)
+    trt = cfg.target.startswith("trt-")
+    int8 = cfg.target in ("ort-int8", "trt-int8")
+    export(ExportConfig(run=str(run), int8=int8, int8_cpu=cfg.target == "ort-int8", fp16=cfg.target == "trt-fp16",
+                        engine=trt and proxy is None, max_drop=cfg.max_drop, seed=cfg.seed), log=log)
+    backend, artifact = PROXY_ROWS[cfg.target] if proxy else (cfg.target, TARGET_FILES[cfg.target])
+    report = run_bench(BenchConfig(targets=[str(run)], backends=(backend,), batch_sizes=(cfg.batch_size_deploy,),
+                                   e2e=False, rounds=1 if proxy else 3, iters=5 if proxy else None,
+                                   min_seconds=None if proxy else 0.5))
+    row = next((r for r in report.rows if r["artifact"] == artifact and str(r["status"]).startswith("ok")), None)
     if row is None:
-        why = report.rows[0]["status"] if report.rows else "no row"
-        raise EdgetlError(f"{run}: {cfg.target} was not timed ({why})")
-    return {"status": "ok", "artifact": row["artifact"], "latency_ms": row["p50_ms"], "top1": row["top1"],
-            "numerics": row["numerics"], "batch_size": cfg.batch_size_deploy}
+        why = next((r["status"] for r in report.rows if r["artifact"] == artifact), "no such artifact")
+        raise EdgetlError(f"{run}: {cfg.target} was not {'scored' if proxy else 'timed'} ({why})")
+    out = {"status": "ok", "artifact": row["artifact"], "latency_ms": None if proxy else row["p50_ms"],
+           "top1": row["top1"], "numerics": row["numerics"], "batch_size": cfg.batch_size_deploy}
+    if proxy:
+        from ..roofline import count_flops
+
+        out["gflops"] = round(count_flops(run / "export" / "model.onnx").flops / 1e9, 4)
+    return out
 
 
-def _choose(cfg: AutoConfig, finalists: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+def _choose(cfg: AutoConfig, finalists: list[dict[str, Any]],
+            proxy: str | None = None) -> tuple[dict[str, Any] | None, str]:
     timed = [f for f in finalists if f.get("status") == "ok"]
     if not timed:
-        return None, "no finalist could be exported and timed"
+        return None, f"no finalist could be exported and {'scored' if proxy else 'timed'}"
+    if proxy:
+        best = max(timed, key=lambda f: (f["top1"], -f["gflops"]))
+        return best, (f"highest {cfg.target} top-1 ({best['top1']:.2f}%, {best['numerics']}, from its ONNX) of "
+                      f"{len(timed)} finalist(s); not timed: ranked with {proxy} ({best['gflops']:.3f} GFLOPs)")
     fits = [f for f in timed if cfg.max_latency_ms is None or f["latency_ms"] <= cfg.max_latency_ms]
     for f in timed:
         f["within_latency"] = f in fits

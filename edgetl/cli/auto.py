@@ -62,6 +62,7 @@ def leaderboard(outcome: Any) -> Table:
                   str(p.get("img_size", "-")), f"{p['lr']:.1e}" if "lr" in p else "-", str(r["epochs"] or "-"),
                   f"{val:.2f}%" if val is not None else "-", r["stopped"] or r["state"],
                   f"{f['top1']:.2f}%" if f.get("top1") is not None else f.get("status", "") if f else "",
-                  f"{f['latency_ms']:.2f}" if f.get("latency_ms") is not None else "")
+                  f"{f['latency_ms']:.2f}" if f.get("latency_ms") is not None
+                  else f"{f['gflops']:.2f} GFLOPs" if f.get("gflops") is not None else "")
     t.caption = "* the winner; pruned trials show the val top-1 of their last epoch"
     return t
