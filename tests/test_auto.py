@@ -109,7 +109,7 @@ def test_a_latency_limit_keeps_looking_and_skips_sizes_already_too_slow(monkeypa
                ("efficientnet_lite0", 96): 0.8, ("efficientnet_lite0", 64): 0.4}
     measured = []
 
-    def table(cfg: AutoConfig, run: Path, log: object) -> dict:
+    def table(cfg: AutoConfig, run: Path, log: object, proxy: object) -> dict:
         params = trials[int(run.name)]["params"]
         measured.append(run.name)
         return {"status": "ok", "latency_ms": latency[params["model"], params["img_size"]],
