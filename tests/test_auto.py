@@ -134,12 +134,36 @@ def test_a_latency_limit_keeps_looking_and_skips_sizes_already_too_slow(monkeypa
     assert [f["trial"] for f in unlimited] == [0, 1]  # without a limit: the two most accurate, as before
 
 
+def test_offline_candidates_are_the_bundled_models_and_any_cached_weights(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where torchvision's resnet18 weights sit in the torch hub cache, `--models offline` (the default) offers
+    resnet18 beside Lite0/1/2; the list is kept in the study, so --resume samples the same choices."""
+    import optuna
+    from torchvision.models import ResNet18_Weights
+
+    from edgetl.auto.search import _candidates
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() reads it on every call
+    cfg, lines = AutoConfig(), []
+    assert _candidates(cfg, optuna.create_study(), lines.append) == list(OFFLINE_MODELS)
+    assert "no other cached weights found" in lines[-1]
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / Path(ResNet18_Weights.DEFAULT.url).name).write_bytes(b"weights")
+    study = optuna.create_study()
+    assert _candidates(cfg, study, lines.append) == [*OFFLINE_MODELS, "resnet18"]
+    assert "resnet18 (weights cached here)" in lines[-1]
+    (checkpoints / Path(ResNet18_Weights.DEFAULT.url).name).unlink()
+    assert _candidates(cfg, study, lines.append) == [*OFFLINE_MODELS, "resnet18"]  # as the study began
+    assert _candidates(AutoConfig(models="timm/test_resnet"), optuna.create_study(), lines.append) == ["timm/test_resnet"]
+
+
 def test_auto_options_are_checked_before_any_work() -> None:
     from edgetl.models import BUNDLED_WEIGHTS
 
     assert tuple(BUNDLED_WEIGHTS) == OFFLINE_MODELS  # the offline defaults, named without importing torch
     for bad in (dict(strategies="sideways"), dict(time_budget="soon"), dict(img_sizes="8"), dict(lr_min=1.0),
-                dict(target="trt-int8")):
+                dict(target="tpu")):
         with pytest.raises(UsageError):
             AutoConfig(**bad).validate()
     assert AutoConfig(time_budget="1.5h").validate().budget_seconds == 5400

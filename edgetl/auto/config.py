@@ -16,6 +16,7 @@ from ..options import check_fields, option
 SEARCH, TARGET, OUTPUT = "Search", "Target", "Output"
 STRATEGIES = ("head", "partial1", "partial2", "full")  # partial N: the last N stages and the head
 OFFLINE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # models.BUNDLED_WEIGHTS (tested)
+OFFLINE = "offline"  # --models default: OFFLINE_MODELS and whatever cached weights `auto` finds (auto.search)
 
 
 @dataclass
@@ -24,8 +25,9 @@ class AutoConfig:
                        SEARCH, metavar="PATH")
     out: str | None = option(None, "Search folder: trials/, auto.json, pareto.png, the winner run in winner/ "
                              "(default runs/auto-<data>).", OUTPUT, metavar="DIR")
-    models: str = option(",".join(OFFLINE_MODELS), "Candidate models, comma-separated (default: the ones whose "
-                         "pretrained weights are here offline).", SEARCH, metavar="A,B")
+    models: str = option(OFFLINE, "Candidate models, comma-separated, or 'offline': the bundled EfficientNet-Lite0/1/2 "
+                         "and every model `edgetl models` lists whose ImageNet weights are cached here (torch hub, "
+                         "Hugging Face cache), found when the search starts.", SEARCH, metavar="A,B")
     weights: str = option("imagenet", "Starting weights of every candidate: imagenet or none.", SEARCH,
                           metavar="WEIGHTS")
     strategies: str = option(",".join(STRATEGIES), "Fine-tuning strategies to try (partialN: the last N stages).",
@@ -76,6 +78,7 @@ class AutoConfig:
 
     @property
     def model_list(self) -> list[str]:
+        """The models named, or ``["offline"]``, which the search resolves (it needs torch to look)."""
         return [m.strip() for m in self.models.split(",") if m.strip()]
 
     @property

@@ -23,7 +23,7 @@ from ..fileio import atomic_write_json, folder_lock
 from ..progress import Log, as_log
 from ..train.log_hooks import LogHooks
 from ..train.loop import Signals
-from .config import AutoConfig
+from .config import OFFLINE, OFFLINE_MODELS, AutoConfig
 
 STUDY = "edgetl-auto"
 EXPORT_SHARE = 0.25  # of the budget kept for the finalists' export and timing until a finalist has been timed
@@ -60,8 +60,9 @@ def auto(cfg: AutoConfig, resume: bool = False, log: Log | None = None) -> Outco
         proxy = _latency_proxy(cfg)  # a limit that cannot be measured here is refused before any work
         _preflight(cfg, log)  # before auto.db exists: data it refuses leaves nothing to --resume
         study = _study(cfg, db, resume)
+        models = _candidates(cfg, study, log)
         deadline = start + cfg.budget_seconds
-        _search(cfg, study, out, deadline, log)
+        _search(cfg, study, out, deadline, log, models)
         trials = [_trial_record(t) for t in study.trials]
         finalists = _finalists(cfg, trials, deadline, log, proxy)
         winner, why = _choose(cfg, finalists, proxy)
@@ -70,7 +71,8 @@ def auto(cfg: AutoConfig, resume: bool = False, log: Log | None = None) -> Outco
             _crown(out, winner, why)
         else:
             outcome.notes.append(why)
-        atomic_write_json(out / "auto.json", {"config": cfg.to_dict(), "trials": trials, "finalists": finalists,
+        atomic_write_json(out / "auto.json", {"config": cfg.to_dict(), "models": models, "trials": trials,
+                                              "finalists": finalists,
                                               "winner": winner, "why": why, "latency_proxy": proxy,
                                               "seconds": round(time.monotonic() - start, 1)})
         from .. import plots
@@ -103,6 +105,27 @@ def _study(cfg: AutoConfig, db: Path, resume: bool) -> Any:
     return study
 
 
+def _candidates(cfg: AutoConfig, study: Any, log: Log) -> list[str]:
+    """The models the study samples: the ones named, or for ``offline`` the bundled ones and every model
+    of `edgetl models` whose ImageNet weights are cached here. Resolved once, kept in the study, and
+    reused by --resume (the sampler's choices cannot change within a study)."""
+    saved = study.user_attrs.get("models")
+    if saved:
+        return list(saved)
+    if cfg.model_list != [OFFLINE]:
+        models = cfg.model_list
+    else:
+        from ..models import EDGE_MODELS, offline_available, resolve
+
+        cached = [] if cfg.weights == "none" else [
+            n for n in EDGE_MODELS if n not in OFFLINE_MODELS and offline_available(resolve(n))]
+        models = [*OFFLINE_MODELS, *cached]
+        log(f"candidate models: {', '.join(OFFLINE_MODELS)} (bundled)"
+            + (f" and {', '.join(cached)} (weights cached here)" if cached else "; no other cached weights found"))
+    study.set_user_attr("models", models)
+    return models
+
+
 def _preflight(cfg: AutoConfig, log: Log) -> None:
     """finetune's data check, once before any trial: data it refuses stops the search before it starts,
     and what it would leave out is said once (each trial then leaves it out, as finetune does)."""
@@ -117,7 +140,7 @@ def _preflight(cfg: AutoConfig, log: Log) -> None:
         log(line)
 
 
-def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -> None:
+def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log, models: list[str]) -> None:
     import optuna
     import torch
 
@@ -128,7 +151,7 @@ def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -
         log(f"{done} trial(s) already in {out / 'auto.db'}; none left to run (--trials {cfg.trials})")
         return
     stop_at = deadline - EXPORT_SHARE * cfg.budget_seconds
-    objective = _Objective(cfg, out, stop_at, log)
+    objective = _Objective(cfg, out, stop_at, log, models)
 
     def progress(study: Any, trial: Any) -> None:
         best = _best(study)
@@ -161,8 +184,8 @@ def _search(cfg: AutoConfig, study: Any, out: Path, deadline: float, log: Log) -
 class _Objective:
     """One trial: sample, fine-tune in OUT/trials/NNN, report each epoch's val top-1 to the pruner."""
 
-    def __init__(self, cfg: AutoConfig, out: Path, stop_at: float, log: Log) -> None:
-        self.cfg, self.out, self.stop_at, self.log = cfg, out, stop_at, log
+    def __init__(self, cfg: AutoConfig, out: Path, stop_at: float, log: Log, models: list[str]) -> None:
+        self.cfg, self.out, self.stop_at, self.log, self.models = cfg, out, stop_at, log, models
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -170,7 +193,7 @@ class _Objective:
         from ..train.loop import finetune
 
         cfg = self.cfg
-        params = {"model": trial.suggest_categorical("model", cfg.model_list),
+        params = {"model": trial.suggest_categorical("model", self.models),
                   "strategy": trial.suggest_categorical("strategy", cfg.strategy_list),
                   "img_size": trial.suggest_categorical("img_size", cfg.size_list),
                   "lr": trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)}
