@@ -120,3 +120,21 @@ def test_which_builds_are_strongly_typed(version: tuple[int, ...], qdq: bool, we
 def test_weak_typing_on_tensorrt_11_is_refused() -> None:
     with pytest.raises(UsageError, match="TensorRT 11 builds strongly typed networks only"):
         typed_strongly((11, 0, 0), True, True, None)
+
+
+def test_bench_layers_table_shows_the_slowest_layers_and_time_per_precision() -> None:
+    from rich.console import Console
+
+    from edgetl.cli.render import layer_table as render
+
+    _, layers = parse_inspector(_load("inspector.trt10.json"), "")
+    rows = layer_table(layers, parse_profile(_load("profile.trtexec.json"), ""))
+    doc = {"engine": "model.int8.engine", "tensorrt_version": "10.3.0", "format": "tensorrt-10", "batch": 1,
+           "total_ms": round(sum(r["median_ms"] for r in rows), 4), "layers": rows}
+    console = Console(record=True, width=200)
+    console.print(render(doc, 3))
+    text = console.export_text()
+    assert "model.int8.engine: 6 layers" in text and "TensorRT 10.3.0" in text
+    assert "/global_pool/GlobalAveragePool" in text and "68.0%" in text
+    assert "/classifier/Gemm" in text and CONV_DW not in text  # only the 3 slowest
+    assert "time by precision: fp16 68.0%, fp32 22.5%, int8 5.2%, ? 4.3%" in text  # ?: a reformat TensorRT added
