@@ -203,10 +203,13 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str, p
                         save_checkpoint(out / "last.pt", last_payload(model, opt, sched, scaler, cfg, data, state))
                         write_metrics(out, history)
                         atomic_write_json(out / "run.json", with_metrics(run, state, status))
-                if d.main and plots.available():  # a picture of what metrics.csv holds; not needed to resume
-                    plots.training_curves(history, state["best_epoch"], out / "curves.png")
-                if log is not None:
-                    log.epoch(row)
+                # Deferred too: matplotlib (its first import catches `Exception` around mplot3d), TensorBoard
+                # and MLflow would swallow an Interrupted raised inside them, and the run would go on.
+                with sig.deferred():
+                    if d.main and plots.available():  # a picture of what metrics.csv holds; not needed to resume
+                        plots.training_curves(history, state["best_epoch"], out / "curves.png")
+                    if log is not None:
+                        log.epoch(row)
                 hooks.epoch_end(row)
                 if stop:
                     break
