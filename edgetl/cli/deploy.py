@@ -225,30 +225,21 @@ def bench(
 
 
 def _print_layers(report: Any, cfg: Any) -> None:
-    """`bench --layers`: the layer table of every TensorRT engine the report timed."""
+    """`bench --layers`: the layer table of every TensorRT engine the report has a row for (the engine
+    files as bench's own plan found them)."""
     from ..artifacts.layers import load_layers
+    from ..bench.plan import plan
     from ..errors import EdgetlError
 
-    engines = []
-    for row in report.rows:
-        if row["runtime"] == "tensorrt" and row["artifact"]:
-            engines.extend(p for p in _engine_paths(cfg, row["artifact"]) if p not in engines)
+    named = {row["artifact"] for row in report.rows if row["runtime"] == "tensorrt" and row["artifact"]}
+    engines = list(dict.fromkeys(item.artifact for target in plan(cfg) for item in target.items
+                                 if item.artifact is not None and item.artifact.suffix == ".engine"
+                                 and item.artifact.name in named))
     if not engines:
-        err_console.print("--layers: no TensorRT engine rows in this report", highlight=False)
+        err_console.print("--layers: no TensorRT engine among this report's rows (engines need TensorRT and a "
+                          "GPU to run)", highlight=False)
     for engine in engines:
         try:
             out_console.print(layer_table(load_layers(engine), LAYERS_SHOWN))
         except EdgetlError as e:
             err_console.print(f"--layers: {printable(str(e))}", highlight=False, soft_wrap=True)
-
-
-def _engine_paths(cfg: Any, name: str) -> list[Path]:
-    """Where an engine row's file is: a target itself, or in a run's/export folder's export."""
-    out = []
-    for t in map(Path, cfg.targets):
-        for p in (t, t / name, t / "export" / name):
-            if p.name == name and p.is_file():
-                out.append(p)
-                break
-    return out
-
