@@ -5,11 +5,12 @@
 # torch.compile, 3. PyTorch eager vs ONNX Runtime latency (CUDA provider where installed),
 # 4. edgetl's CUDA-event timer (the one bench uses for TensorRT rows, through cuda-python) on
 # PyTorch's CUDA stream against torch.cuda.Event, then a short summary. Uses the Python on PATH (or
-# $PYTHON) with PyTorch already installed; installs nothing from the network. cuda-python, which the
-# timer needs, is installed from benchmarks/wheels/ when it is missing there; fetch its wheels for the
-# GPU machine's Python beforehand (an ignored folder: pass it with the run's carry):
+# $PYTHON) with PyTorch already installed; installs nothing from the network. cuda-python (the timer)
+# and nvidia-modelopt (QAT on CUDA) are installed from benchmarks/wheels/ when they are missing there;
+# fetch their wheels for the GPU machine's Python beforehand (an ignored folder: pass it with the
+# run's carry):
 #   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-#     cuda-python -d benchmarks/wheels
+#     cuda-python nvidia-modelopt -d benchmarks/wheels
 set -uo pipefail
 PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
@@ -34,8 +35,11 @@ for m in ("torch", "torchvision", "timm", "onnx", "onnxruntime", "tensorrt"):
         print(f"{m} missing ({type(e).__name__})")
 PY
 
-if ! $PY -c "import cuda.bindings.runtime" 2>/dev/null && ls benchmarks/wheels/*.whl > /dev/null 2>&1; then
-  $PY -m pip install --quiet --no-index --find-links benchmarks/wheels cuda-python || true
+if ls benchmarks/wheels/*.whl > /dev/null 2>&1; then
+  $PY -c "import cuda.bindings.runtime" 2>/dev/null ||
+    $PY -m pip install --quiet --no-index --find-links benchmarks/wheels cuda-python || true
+  $PY -c "import modelopt.torch.quantization" 2>/dev/null ||
+    $PY -m pip install --quiet --no-index --find-links benchmarks/wheels nvidia-modelopt || true
 fi
 
 echo "== 1. CUDA and TensorRT tests"

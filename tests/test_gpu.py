@@ -96,3 +96,29 @@ def test_a_cuda_graph_captured_on_pytorchs_stream_replays_the_work() -> None:
         finally:
             timer.close()
             graph.close()
+
+
+def test_qat_on_cuda_trains_with_amp_and_exports_the_tensorrt_shape(tmp_path: Path) -> None:
+    """`export --int8 --qat` on a run trained on CUDA: QAT continues there with the run's AMP, and the
+    result has post-training INT8's TensorRT shape."""
+    import torch
+    from conftest import assert_tensorrt_int8_shape
+
+    pytest.importorskip("modelopt", reason="the qat extra (nvidia-modelopt) is not installed")
+    import onnx
+
+    from edgetl.export.config import ExportConfig
+    from edgetl.export.pipeline import export
+
+    run = tmp_path / "run"
+    finetune(TrainConfig(data="digits", out=str(run), model="timm/test_resnet", weights="none", img_size=32, epochs=2,
+                         batch_size=64, lr=3e-3, device="cuda"))
+    export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, qat="on", quantize_stem=True))
+    trained = json.loads((run / "export" / "qat" / "run.json").read_text())
+    assert trained["device"].startswith("cuda") and trained["status"] == "finished"
+    assert trained["amp"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    man = json.loads((run / "export" / "manifest.json").read_text())
+    assert man["qat"]["qat"]["top1"] > 80
+    entry = next(a for a in man["artifacts"] if a["file"] == "model.int8.onnx")
+    assert_tensorrt_int8_shape(onnx.load(str(run / "export" / "model.int8.onnx")),
+                               [x["name"] for x in entry.get("float_layers", [])])

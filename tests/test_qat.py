@@ -170,3 +170,37 @@ def test_sigterm_during_qat_keeps_the_run_and_earlier_artifacts_then_resumes(tin
     assert "(resuming)" in r.stdout
     assert json.loads((out / "qat" / "run.json").read_text())["metrics"]["epochs"] == 3
     assert _manifest(run)["qat"]["epochs"] == 3
+
+
+def test_qat_under_torchrun_trains_on_every_rank_and_rank_0_alone_exports(tiny_run: Path, tmp_path: Path) -> None:
+    """Two gloo processes train QAT with DDP; rank 0 alone talks and writes. Under --qat auto, where
+    post-training INT8 fits, the other rank waits for rank 0's word and ends without training."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetl"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["export", str(run), "--int8", "--calib-size", "32", "--no-engine", "--quantize-stem"]
+    done = subprocess.run([*torchrun, *args, "--qat"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("quantization-aware training: 1 epoch(s)") == 1, done.stdout  # only rank 0 talks
+    assert "on 2 processes" in done.stdout and done.stdout.count("model.int8.onnx") >= 1
+    trained = json.loads((run / "export" / "qat" / "run.json").read_text())
+    assert trained["world_size"] == 2 and trained["status"] == "finished"
+    man = _manifest(run)
+    q, entry = man["qat"], next(a for a in man["artifacts"] if a["file"] == "model.int8.onnx")
+    assert q["world_size"] == 2 and q["used"] == entry["qat"]
+    assert q["qat"]["top1"] > q["ptq"]["top1"] - 2.0  # one epoch at a tenth of the LR keeps the accuracy
+    assert_tensorrt_int8_shape(onnx.load(str(run / "export" / "model.int8.onnx")),
+                               [x["name"] for x in entry.get("float_layers", [])])
+    before = torch.load(run / "best.pt", weights_only=True)["model"]
+    after = torch.load(run / "export" / "qat" / "best.pt", weights_only=True)["model"]
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.endswith("weight"))
+
+    auto = subprocess.run([*torchrun, *args, "--qat", "auto"], capture_output=True, text=True, timeout=600, env=env)
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    assert "quantization-aware" not in auto.stdout and "qat" not in _manifest(run)
+
+
+def test_export_under_torchrun_without_qat_is_refused(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="under torchrun trains only with --int8 --qat"):
+        export(ExportConfig(run=str(tiny_run), int8=True, engine=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -30,6 +31,9 @@ def export_cmd(
 
         cfg = ExportConfig(run=str(run), **config_values(config))
         console = err_console if as_json else out_console
+        if os.environ.get("RANK", "0") != "0":  # under torchrun (--qat) only rank 0 talks
+            export(cfg)
+            return
         report = export(cfg, log=ConsoleLog(console))
         if as_json:
             print(json.dumps(report.__dict__, default=str))

@@ -18,6 +18,7 @@ from ..fileio import atomic_write_json, folder_lock, sha256_file
 from ..progress import Log, as_log
 from .config import ExportConfig, ExportReport
 from .fp16 import MIN_FP16_AGREEMENT, to_fp16
+from .int8 import qat
 from .onnx import INPUT_NAME, OUTPUT_NAME, agreement, export_onnx, verify_against_torch, verify_batch
 
 
@@ -30,24 +31,35 @@ def export(cfg: ExportConfig, log: Log | Callable[[str], None] | None = None) ->
     ds = run_data(rm.run)  # the run's own split, without the files its data check skipped
     out = cfg.out_dir
     log = as_log(log)
-    with folder_lock(out, "export"):
-        for stale in out.glob(".quant-*"):  # left by an export that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        trained = None
-        if cfg.qat == "on":  # before anything in the folder changes: an interrupt here leaves it all as it was
-            from .int8 import qat
-            from .int8.calibrate import calibration_split
 
-            trained = qat.train(rm, out, cfg, calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed), log)
-        elif cfg.qat == "auto":
-            from .int8 import qat
+    if cfg.qat != "off":
+        qat.require()  # the install command before any work, not half-way
+    crew = qat.Crew.join(rm, cfg)  # the ranks under torchrun; None in a plain process
+    try:
+        if crew is not None and not crew.main:
+            trained = crew.follow(rm, out, cfg, ds)
+            return ExportReport(str(out), notes=[f"rank {crew.d.rank} {'trained QAT beside' if trained else 'waited for'} "
+                                                 "rank 0, which wrote the artifacts"])
+        with folder_lock(out, "export"):
+            return _export_locked(cfg, rm, ds, out, log, crew)
+    finally:
+        if crew is not None:
+            crew.close()
 
-            qat.require()
-        (out / "manifest.json").unlink(missing_ok=True)  # nothing from an earlier export is vouched for now
-        try:
-            return _export(cfg, rm, ds, out, log, trained)
-        finally:
-            _sweep_unlisted(out)
+
+def _export_locked(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, crew: qat.Crew | None) -> ExportReport:
+    for stale in out.glob(".quant-*"):  # left by an export that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    trained = None
+    if cfg.qat == "on":  # before anything in the folder changes: an interrupt here leaves it all as it was
+        from .int8.calibrate import calibration_split
+
+        trained = qat.train(rm, out, cfg, calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed), log, crew)
+    (out / "manifest.json").unlink(missing_ok=True)  # nothing from an earlier export is vouched for now
+    try:
+        return _export(cfg, rm, ds, out, log, trained, crew)
+    finally:
+        _sweep_unlisted(out)
 
 
 def _sweep_unlisted(out: Path) -> None:
@@ -63,7 +75,8 @@ def _sweep_unlisted(out: Path) -> None:
             (out / f"{name}.json").unlink(missing_ok=True)
 
 
-def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, trained: Any) -> ExportReport:
+def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, trained: qat.Trained | None,
+            crew: qat.Crew | None) -> ExportReport:
     report = ExportReport(str(out))
     manifest = _manifest_base(rm, cfg)
 
@@ -108,7 +121,7 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, train
                                        tick=tick)
         report.accuracy["fp32"] = {"top1": fp32_acc.top1, "top5": fp32_acc.top5, "numerics": ORT_CPU}
         fp32_entry["accuracy"] = report.accuracy["fp32"]
-        int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log, trained)
+        int8 = build_int8(rm, ds, onnx_path, out, cfg, fp32_acc, log, trained, crew)
         report.accuracy["int8"] = int8.accuracy
         report.guard = int8.guard
         report.int8 = int8.share

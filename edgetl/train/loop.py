@@ -108,7 +108,7 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str, p
     if not resume and (out / "last.pt").exists():
         raise UsageError(f"{out}: already holds a run; pass --resume {out} to continue it, or another --out")
     logs.require(cfg.log)
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     report = None
     if check != "off" and cfg.data not in BUILTIN_SOURCES:
         report = check_data(Path(cfg.data), val_split=cfg.val_split)
@@ -138,6 +138,8 @@ def _finetune(cfg: TrainConfig, resume: bool, hooks: Hooks | None, check: str, p
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if channels_last:
+            _plain_strides_for_1x1(model)
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
@@ -338,6 +340,16 @@ def _to(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: b
     return x, torch.as_tensor(y).to(device, non_blocking=True)
 
 
+def _plain_strides_for_1x1(model: nn.Module) -> None:
+    """1x1 conv weights with contiguous strides. channels_last gives them strides (C, 1, C, C), the same
+    memory as (C, 1, 1, 1), but their gradients come back with the latter, and DDP's reducer, which lays
+    its buckets out by the parameters' strides, would copy each one and warn ("Grad strides do not match
+    bucket view strides") on every rank."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[2:] == (1, 1):
+            p.data = p.data.clone(memory_format=torch.contiguous_format)
+
+
 def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
@@ -346,7 +358,8 @@ def _kept(saved_epoch: int) -> str:
     return f"last.pt and best.pt keep epoch {saved_epoch} and earlier" if saved_epoch else "no checkpoint was written"
 
 
-def _device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
+    """--device as a torch.device: auto is CUDA where PyTorch sees a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

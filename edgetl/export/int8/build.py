@@ -28,12 +28,12 @@ from .qdq import QUANT_SETTINGS, int8_share, layer_macs, quantize, stem_nodes
 
 
 def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: ExportConfig, fp32_acc: EvalResult,
-               log: Log, trained: Trained | None = None) -> Int8Result:
+               log: Log, trained: Trained | None = None, crew: qat.Crew | None = None) -> Int8Result:
     """Calibrate (or reuse calib.cache), quantize, evaluate in simulated numerics. Then, with ``trained``
     (--qat) or when the drop exceeds ``cfg.max_drop`` under --qat auto, the quantization-aware weights
     and ranges replace the post-training ones. If the drop still exceeds the budget, keep the fewest,
     most sensitive layers in float until it fits, as long as at least ``cfg.min_int8`` of the MACs stay
-    in INT8."""
+    in INT8. A ``crew`` (torchrun) trains QAT on every rank."""
     import onnx
 
     split = calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed)
@@ -77,7 +77,7 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
             if cfg.qat == "auto":
                 log(f"post-training INT8 misses --max-drop {cfg.max_drop:g}: quantization-aware training first "
                     "(--qat auto), before any layer is floated")
-                trained = qat.train(rm, out, cfg, split, log)
+                trained = qat.train(rm, out, cfg, split, log, crew)
             else:
                 log(qat.suggestion(rm, cfg))
         ptq = _Candidate(job, q, prep_model, acc, floats, False)

@@ -7,6 +7,9 @@ cache, augmentation, AMP on CUDA, signals, resume, progress). What comes back is
 trained float weights and the learned input ranges. They go through the same ONNX export and
 quantizer as post-training INT8, so the QAT model.int8.onnx has exactly PTQ's TensorRT shape.
 
+Under `torchrun --nproc_per_node N -m edgetl export RUN --int8 --qat` the ranks train together with
+finetune's DDP (`Crew`); rank 0 alone reads and changes the export folder and writes the artifacts.
+
 Weight ranges are left dynamic (max |W| per output channel, recomputed every step) because that is
 what the quantizer computes from the exported weights, and per-channel scales survive batch-norm
 folding exactly, so the exported weights are the grid QAT trained on.
@@ -18,16 +21,18 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import time
 import types
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ... import extras
-from ...data.sources import Split, eval_transform, make_loader
-from ...errors import ArtifactError, Interrupted
+from ...data.sources import DataSet, Split, eval_transform, make_loader
+from ...errors import ArtifactError, Interrupted, UsageError
 from ...evaluate import RunModel
 from ...fileio import atomic_write_json, sha256_file
 from ...progress import Log
@@ -35,7 +40,7 @@ from ...train.config import TrainConfig
 from ...train.log_hooks import LogHooks
 from ...train.loop import Hooks
 from ..config import ExportConfig
-from .calibrate import split_fingerprint
+from .calibrate import calibration_split, split_fingerprint
 
 FOLDER = "qat"
 LR_FRACTION = 0.1  # of the run's peak LR: in one epoch on MobileNetV3, 1% recovered 1.1 of 4.4 points, 10% all
@@ -80,9 +85,79 @@ def train_config(rm: RunModel, out: Path, cfg: ExportConfig) -> TrainConfig:
                    lr=lr, warmup_epochs=0.0, early_stop=0, feature_cache=False, compile=False, log="none")
 
 
-def train(rm: RunModel, out: Path, cfg: ExportConfig, split: Split, log: Log) -> Trained:
-    """Train in OUT/qat, or resume it, or reuse it when it already finished with the same inputs.
-    An interrupt leaves OUT/qat resumable and everything else as it was."""
+class Crew:
+    """The ranks of `torchrun ... export --int8 --qat`. Rank 0 holds the export folder and runs everything
+    but the training alone; it tells the others (once) whether QAT trains and whether it resumes, which
+    under --qat auto it knows only after post-training INT8. They wait for that word, train beside it
+    with finetune's DDP, and stop; rank 0 exports the result."""
+
+    def __init__(self, rm: RunModel, cfg: ExportConfig) -> None:
+        from ...train.distributed import leader_group, setup
+        from ...train.loop import pick_device
+
+        device = pick_device(TrainConfig.from_dict(rm.run["config"]).device)
+        self.d = setup(device.type)
+        self.group = leader_group(self.d)
+        self.told = False
+
+    @classmethod
+    def join(cls, rm: RunModel, cfg: ExportConfig) -> Crew | None:
+        """The crew under torchrun (WORLD_SIZE > 1), None in a plain process."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        if cfg.qat == "off":
+            raise UsageError("export under torchrun trains only with --int8 --qat (on or auto), the one export step "
+                             "that runs on several processes; run this export as one plain process")
+        return cls(rm, cfg)
+
+    @property
+    def main(self) -> bool:
+        return self.d.main
+
+    @property
+    def world(self) -> int:
+        return self.d.world
+
+    def tell(self, resume: bool | None) -> None:
+        """Rank 0: train (resuming or not), or None: nothing to train. Only the first word counts."""
+        if self.main and not self.told:
+            from ...train.distributed import from_leader
+
+            from_leader(self.group, resume)
+            self.told = True
+
+    def follow(self, rm: RunModel, out: Path, cfg: ExportConfig, ds: DataSet) -> bool:
+        """A rank other than 0: wait for rank 0's word and train beside it; whether it trained."""
+        from ...train.distributed import from_leader
+        from ...train.loop import finetune
+
+        resume = from_leader(self.group)
+        if resume is None:
+            return False
+        split = calibration_split(ds, cfg.calib, cfg.calib_size, cfg.seed)  # rank 0's: the same seeded sample
+        try:
+            finetune(train_config(rm, out, cfg), resume=resume, prepare=Quantize(split, cfg.quantize_stem))
+        except Interrupted as e:
+            e.hint = _STOPPED_HINT.format(folder=out / FOLDER)
+            raise
+        return True
+
+    def close(self) -> None:
+        """Release ranks still waiting (rank 0 ended without training) and leave the process group."""
+        from ...train.distributed import teardown
+
+        self.tell(None)
+        teardown(self.d)
+
+
+_STOPPED_HINT = ("quantization-aware training stopped; its last complete epoch is in {folder}/last.pt and the run "
+                 "and earlier artifacts are untouched; run the same export again to continue")
+
+
+def train(rm: RunModel, out: Path, cfg: ExportConfig, split: Split, log: Log, crew: Crew | None = None) -> Trained:
+    """Train in OUT/qat, or resume it, or reuse it when it already finished with the same inputs; with a
+    ``crew`` (rank 0 under torchrun) the other ranks train too. An interrupt leaves OUT/qat resumable
+    and everything else as it was."""
     require()
     from ...train.loop import finetune
 
@@ -97,21 +172,25 @@ def train(rm: RunModel, out: Path, cfg: ExportConfig, split: Split, log: Log) ->
     status = _read_json(folder / "run.json").get("status")
     if mine and status == "finished":
         log(f"reusing quantization-aware training in {folder} (same checkpoint, data and settings)")
+        if crew is not None:
+            crew.tell(None)
     else:
         resume = mine and (folder / "last.pt").exists()
         if not resume and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(meta, {"key": key})
+        ranks = f" on {crew.world} processes" if crew is not None else ""
         log(f"quantization-aware training: {tcfg.epochs} epoch(s) at lr {tcfg.lr:.2g} from {tcfg.weights}, "
-            f"in {folder}{' (resuming)' if resume else ''}")
+            f"in {folder}{ranks}{' (resuming)' if resume else ''}")
+        if crew is not None:
+            crew.tell(resume)
         t0 = time.perf_counter()
         try:
             finetune(tcfg, resume=resume, hooks=LogHooks(log, "QAT epoch", "with INT8 fake-quantized (PyTorch)"),
                      prepare=Quantize(split, cfg.quantize_stem))
         except Interrupted as e:
-            e.hint = (f"quantization-aware training stopped; its last complete epoch is in {folder / 'last.pt'} "
-                      "and the run and earlier artifacts are untouched; run the same export again to continue")
+            e.hint = _STOPPED_HINT.format(folder=folder)
             raise
         atomic_write_json(meta, {"key": key, "seconds": round(time.perf_counter() - t0, 1)})
     return _load(folder, tcfg)
@@ -125,7 +204,7 @@ def _load(folder: Path, tcfg: TrainConfig) -> Trained:
     state = {k: v for k, v in ck["model"].items() if "_quantizer." not in k}
     amax = {k.rsplit(".input_quantizer.", 1)[0]: float(v.max()) for k, v in ck["model"].items()
             if k.endswith(".input_quantizer._amax")}
-    record = {"epochs": tcfg.epochs, "lr": tcfg.lr, "folder": folder.name,
+    record = {"epochs": tcfg.epochs, "lr": tcfg.lr, "folder": folder.name, "world_size": run.get("world_size", 1),
               "seconds": _read_json(folder / "qat.json").get("seconds"),  # of the training call that finished it
               "fake_quant_val_top1": run.get("metrics", {}).get("val_top1"), "bias_correction": False}
     return Trained(folder, record, state, amax)
@@ -169,7 +248,9 @@ class Quantize:
                 m(x.to(device))
                 hooks.advance()
 
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # it prints a line per call
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # it prints a line per call, and under DDP warns per module about tensor parallelism, which is not used
+            warnings.filterwarnings("ignore", message="Distributed training is initialized but no parallel_state")
             mtq.quantize(model, mtq.INT8_DEFAULT_CFG, forward_loop)
         for _, m in model.named_modules():
             wq = getattr(m, "weight_quantizer", None)
@@ -192,7 +273,6 @@ def import_modelopt() -> Any:
     """modelopt.torch.quantization, without the start-up noise it makes on a machine with no CUDA or
     transformers (a CUDA_HOME warning from torch's extension loader, deprecation warnings)."""
     import logging
-    import warnings
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings():
