@@ -91,7 +91,7 @@ class Crew:
     under --qat auto it knows only after post-training INT8. They wait for that word, train beside it
     with finetune's DDP, and stop; rank 0 exports the result."""
 
-    def __init__(self, rm: RunModel, cfg: ExportConfig) -> None:
+    def __init__(self, rm: RunModel) -> None:
         from ...train.distributed import leader_group, setup
         from ...train.loop import pick_device
 
@@ -108,7 +108,7 @@ class Crew:
         if cfg.qat == "off":
             raise UsageError("export under torchrun trains only with --int8 --qat (on or auto), the one export step "
                              "that runs on several processes; run this export as one plain process")
-        return cls(rm, cfg)
+        return cls(rm)
 
     @property
     def main(self) -> bool:
