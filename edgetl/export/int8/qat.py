@@ -146,8 +146,12 @@ class Crew:
         """Release ranks still waiting (rank 0 ended without training) and leave the process group."""
         from ...train.distributed import teardown
 
-        self.tell(None)
-        teardown(self.d)
+        try:
+            self.tell(None)
+        except Exception:  # noqa: BLE001 - a rank already gone; the error that got here is the one to report
+            pass
+        finally:
+            teardown(self.d)
 
 
 _STOPPED_HINT = ("quantization-aware training stopped; its last complete epoch is in {folder}/last.pt and the run "
