@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# `torchrun` with two CPU processes over gloo, one thread each (the machine has two cores)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetl"]
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGETL_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TORCHRUN, TORCHRUN_ENV
 
 
 def _args() -> list[str]:
@@ -18,12 +19,10 @@ def _args() -> list[str]:
             "--epochs", "3", "--batch-size", "32", "--lr", "3e-3", "--workers", "0", "--quiet", "--json"]
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetl"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _two_processes(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=600, env=ENV)
+    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=600, env=TORCHRUN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -59,7 +58,7 @@ def test_resume_under_two_gloo_processes_equals_uninterrupted(tmp_path: Path,
 
     cut = tmp_path / "cut"
     proc = subprocess.Popen([*TORCHRUN, *_args(), "--out", str(cut)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (cut / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import assert_tensorrt_int8_shape, copy_run, wait_for
+from conftest import TORCHRUN, TORCHRUN_ENV, assert_tensorrt_int8_shape, copy_run, wait_for
 
 from edgetl.errors import UsageError
 from edgetl.export.config import ExportConfig
@@ -176,10 +176,9 @@ def test_qat_under_torchrun_trains_on_every_rank_and_rank_0_alone_exports(tiny_r
     """Two gloo processes train QAT with DDP; rank 0 alone talks and writes. Under --qat auto, where
     post-training INT8 fits, the other rank waits for rank 0's word and ends without training."""
     run = copy_run(tiny_run, tmp_path / "run")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgetl"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["export", str(run), "--int8", "--calib-size", "32", "--no-engine", "--quantize-stem"]
-    done = subprocess.run([*torchrun, *args, "--qat"], capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run([*TORCHRUN, *args, "--qat"], capture_output=True, text=True, timeout=600,
+                          env=TORCHRUN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("quantization-aware training: 1 epoch(s)") == 1, done.stdout  # only rank 0 talks
     assert "on 2 processes" in done.stdout and done.stdout.count("model.int8.onnx") >= 1
@@ -195,7 +194,8 @@ def test_qat_under_torchrun_trains_on_every_rank_and_rank_0_alone_exports(tiny_r
     after = torch.load(run / "export" / "qat" / "best.pt", weights_only=True)["model"]
     assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.endswith("weight"))
 
-    auto = subprocess.run([*torchrun, *args, "--qat", "auto"], capture_output=True, text=True, timeout=600, env=env)
+    auto = subprocess.run([*TORCHRUN, *args, "--qat", "auto"], capture_output=True, text=True, timeout=600,
+                          env=TORCHRUN_ENV)
     assert auto.returncode == 0, auto.stderr[-3000:]
     assert "quantization-aware" not in auto.stdout and "qat" not in _manifest(run)
 
