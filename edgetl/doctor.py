@@ -26,7 +26,7 @@ from typing import Any
 
 from . import DISTRIBUTION, __version__, machine
 from .errors import one_line
-from .runtime.numerics import int8_can_saturate, int8_isa, kernel_config
+from .runtime.numerics import ISA_OVERRIDE, int8_can_saturate, int8_isa, kernel_config
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -254,7 +254,8 @@ def _cpu(root: Path) -> dict[str, Any]:
     text = machine.read_file(root / "proc/cpuinfo") or ""
     isa = int8_isa(machine.cpu_flags(text))
     return {"model": machine.cpu_model(text), "cores": os.cpu_count(), "usable_cores": machine.usable_cores(),
-            "int8_isa": isa, "int8_can_saturate": int8_can_saturate(isa), "int8_session_config": kernel_config(isa)}
+            "int8_isa": isa, "int8_isa_from": ISA_OVERRIDE if os.environ.get(ISA_OVERRIDE) else "/proc/cpuinfo",
+            "int8_can_saturate": int8_can_saturate(isa), "int8_session_config": kernel_config(isa)}
 
 
 # --------------------------------------------------------------------------- verdicts

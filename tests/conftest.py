@@ -80,6 +80,37 @@ def wait_for(path: Path, proc: object, timeout: float) -> None:
         time.sleep(0.05)
 
 
+EMULATED_AVX2_CPU = "EPYC-Rome"  # QEMU's Zen 2 EPYC: AVX2 and FMA, no AVX-512, no VNNI (issue 12's CPU kind)
+
+
+@pytest.fixture(scope="session")
+def avx2_emulator() -> list[str]:
+    """The command prefix that runs a program on an emulated AVX2-only EPYC: QEMU's user-mode TCG answers
+    ONNX Runtime's CPUID check without AVX-512 or VNNI, and its vpmaddubsw saturates at int16 as the real
+    instruction does. /proc/cpuinfo still shows the host's flags there, hence ``EDGETL_INT8_ISA``."""
+    import platform
+    import shutil
+
+    qemu = shutil.which("qemu-x86_64")
+    if platform.machine() != "x86_64" or qemu is None:
+        pytest.skip("no qemu-x86_64 on an x86-64 host (Debian: apt-get install qemu-user; `make test` installs it "
+                    "when run as root): the emulated AVX2-only CPU tests need it")
+    return [qemu, "-cpu", EMULATED_AVX2_CPU]
+
+
+def run_emulated(prefix: list[str], code: str, *args: str, isa: str = "avx2", timeout: int = 300) -> str:
+    """Run ``python -c code args`` under ``prefix`` (``avx2_emulator``) with edgetl told the emulated ISA;
+    returns its stdout. QEMU's warnings about host-only CPUID bits are dropped from a failure's message."""
+    import subprocess
+
+    env = {**os.environ, "EDGETL_INT8_ISA": isa}
+    r = subprocess.run([*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                       timeout=timeout)
+    errors = "\n".join(ln for ln in r.stderr.splitlines() if "TCG doesn't support" not in ln)
+    assert r.returncode == 0, errors[-2000:]
+    return r.stdout
+
+
 @pytest.fixture(scope="module")
 def gray_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A calibration set that teaches near-zero ranges: INT8 then saturates on real images."""

@@ -4,6 +4,8 @@ layout, overflow-safe kernels for the CPU layout, the instruction set in reports
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,53 @@ from edgetl.data.sources import eval_transform, load_data, make_loader
 from edgetl.images import Preprocess
 from edgetl.runtime.numerics import int8_can_saturate, int8_isa, int8_layout, kernel_config
 from edgetl.runtime.onnxruntime import OrtRunner
+
+from conftest import run_emulated
+
+# Run under the emulated AVX2-only CPU: each file through a plain ORT session with its defaults, through
+# edgetl's runner (the kernels it picks there) and in float simulation; logits as JSON.
+EMULATED_RUNS = """
+import json, sys
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+from edgetl.runtime.numerics import int8_isa
+from edgetl.runtime.onnxruntime import OrtRunner
+x = np.load(sys.argv[1])
+out = {"isa": int8_isa()}
+for path in sys.argv[2:]:
+    plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    runner = OrtRunner(Path(path))
+    out[path] = {"plain": plain.run(None, {plain.get_inputs()[0].name: x})[0].tolist(),
+                 "edgetl": runner.run(x).tolist(), "config": runner.session_config,
+                 "simulated": OrtRunner(Path(path), simulate=True).run(x).tolist()}
+print(json.dumps(out))
+"""
+
+
+def _saturating_conv(path: Path, layout: str) -> Path:
+    """A 1x1 convolution in Q/DQ form, 64 input channels, every weight 127: on u8s8 kernels without VNNI
+    each pair of products (up to 255 x 127 x 2) overflows vpmaddubsw's int16. ``layout``: tensorrt
+    (int8 activations, which ORT shifts to uint8) or cpu (uint8 activations)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    act, scale = (np.int8, 1 / 127) if layout == "tensorrt" else (np.uint8, 1 / 255)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "ys", "xz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "xz"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "xs"), numpy_helper.from_array(np.array(0, act), "xz"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
+             numpy_helper.from_array(np.full((32, 64, 1, 1), 127, np.int8), "w"),
+             numpy_helper.from_array(np.full(32, 1 / 127, np.float32), "ws"), numpy_helper.from_array(np.zeros(32, np.int8), "wz")]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
 
 
 def _val_batch(run: Path, n: int = 48) -> np.ndarray:
@@ -110,3 +159,50 @@ def test_fingerprints_that_differ_only_in_isa_flags_do_not_match(tmp_path: Path)
                                  "environment": {"fingerprint": "0123", "fingerprint_fields": old}})
     result = gate([row], avx2, baseline, "old.json", 0.10, 1.0)
     assert result.compared == 0 and "version 1 machine fingerprint" in result.notes[0]
+
+
+def test_emulated_avx2_cpu_saturates_plain_onnxruntime_but_not_edgetl(avx2_emulator: list[str], tmp_path: Path) -> None:
+    """On an AVX2-only EPYC (QEMU), ONNX Runtime's default u8s8 kernels get a convolution whose pairs overflow
+    int16 wrong in both layouts, as issue 12 saw on the real CPU; edgetl's runner and float simulation get
+    the exact answer there."""
+    x = np.full((1, 64, 4, 4), 0.9, np.float32)
+    np.save(tmp_path / "x.npy", x)
+    files = {layout: _saturating_conv(tmp_path / f"{layout}.onnx", layout) for layout in ("tensorrt", "cpu")}
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), *map(str, files.values())))
+    assert got["isa"] == "avx2"
+    for layout, path in files.items():
+        exact = OrtRunner(path, simulate=True).run(x)  # on the host: 64 x 0.9 -> 57.5 after the output's Q/DQ
+        r = got[str(path)]
+        assert np.abs(np.array(r["plain"]) - exact).max() > 10, f"{layout}: QEMU did not saturate, so this proves nothing"
+        assert r["config"] == {"session.x64quantprecision": "1"}, layout
+        np.testing.assert_allclose(r["edgetl"], exact, atol=0.5, err_msg=layout)  # 0.5: one output step
+        np.testing.assert_allclose(r["simulated"], exact, atol=0.5, err_msg=layout)
+
+
+def test_exported_int8_through_edgetl_on_emulated_avx2_agrees_with_the_reported_numerics(
+        avx2_emulator: list[str], tiny_export: Path, tmp_path: Path) -> None:
+    """The exported model.int8.onnx through edgetl's runner on an AVX2-only EPYC (QEMU) predicts what its
+    reported (simulated) figure says, image by image."""
+    path = tiny_export / "export" / "model.int8.onnx"
+    x = _val_batch(tiny_export, 48)
+    np.save(tmp_path / "x.npy", x)
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(path)))[str(path)]
+    reported = OrtRunner(path, simulate=True).run(x).argmax(1)
+    for numerics in ("edgetl", "simulated"):
+        agree = (np.array(got[numerics]).argmax(1) == reported).mean()
+        assert agree >= 46 / 48, f"{numerics}: top-1 agrees on {agree:.0%} of the images"
+
+
+def test_isa_override_reaches_doctor_and_a_bad_one_is_a_usage_error() -> None:
+    """``EDGETL_INT8_ISA`` (for emulators, whose /proc/cpuinfo shows the host) is what doctor reports and
+    what the runner acts on; an unknown value is one line and exit 2."""
+    import os
+
+    env = {**os.environ, "EDGETL_INT8_ISA": "avx2"}
+    r = subprocess.run([sys.executable, "-m", "edgetl", "doctor", "--json"], capture_output=True, text=True, env=env)
+    cpu = json.loads(r.stdout)["cpu"]
+    assert (cpu["int8_isa"], cpu["int8_isa_from"], cpu["int8_can_saturate"]) == ("avx2", "EDGETL_INT8_ISA", True)
+    assert cpu["int8_session_config"] == {"session.x64quantprecision": "1"}
+    r = subprocess.run([sys.executable, "-m", "edgetl", "doctor"], capture_output=True, text=True,
+                       env={**env, "EDGETL_INT8_ISA": "avx3"})
+    assert r.returncode == 2 and "EDGETL_INT8_ISA='avx3'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -86,10 +86,12 @@ def render_doctor(report: dict[str, Any], console: Any) -> None:
 
 
 def _int8_line(cpu: dict[str, Any]) -> str:
+    source = cpu.get("int8_isa_from", "/proc/cpuinfo")
+    isa = cpu["int8_isa"] + ("" if source == "/proc/cpuinfo" else f" (from {source})")
     if cpu["int8_can_saturate"]:
-        return (f"{cpu['int8_isa']}: ONNX Runtime's u8s8 kernels CAN saturate here (no VNNI); edgetl runs INT8 "
+        return (f"{isa}: ONNX Runtime's u8s8 kernels CAN saturate here (no VNNI); edgetl runs INT8 "
                 "with session.x64quantprecision=1, plain ONNX Runtime users must set it too")
-    return f"{cpu['int8_isa']}: ONNX Runtime's INT8 kernels do not saturate here"
+    return f"{isa}: ONNX Runtime's INT8 kernels do not saturate here"
 
 
 def _missing(info: dict[str, Any]) -> str:

@@ -12,14 +12,20 @@ same graph simulated in float lost none. So:
 - ``onnxruntime-cpu``: ORT's own integer kernels, with ``session.x64quantprecision=1`` (U8U8 where
   u8s8 can overflow) on CPUs whose kernels can saturate. It is not set elsewhere: on this project's
   AMX Xeon it made the CPU artifact 1.6x slower for identical accuracy (RESULTS.md).
+
+The instruction set is read from /proc/cpuinfo. ``EDGETL_INT8_ISA`` overrides it where that file does not
+show what ONNX Runtime's CPUID check sees: under an emulator such as ``qemu-x86_64 -cpu EPYC-Rome`` (an
+AVX2-only EPYC, whose saturation QEMU reproduces), /proc/cpuinfo still lists the host's flags.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
 from ..machine import cpu_flags
 
 if TYPE_CHECKING:
@@ -31,11 +37,20 @@ ORT_CUDA = "onnxruntime-cuda"
 TENSORRT = "tensorrt"
 SIMULATE_CONFIG = {"session.disable_quant_qdq": "1"}
 SAFE_KERNEL_CONFIG = {"session.x64quantprecision": "1"}
+ISA_OVERRIDE = "EDGETL_INT8_ISA"
+ISAS = ("amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse", "arm64-i8mm", "arm64-dotprod", "arm64")
 
 
 def int8_isa(flags: set[str] | None = None, machine: str | None = None) -> str:
     """The instruction set ONNX Runtime's INT8 kernels use here: amx, avx512-vnni, avx-vnni, avx512,
-    avx2, sse (x86), arm64-i8mm, arm64-dotprod, arm64 (Arm), or the machine name."""
+    avx2, sse (x86), arm64-i8mm, arm64-dotprod, arm64 (Arm), or the machine name; ``EDGETL_INT8_ISA``
+    when set (see the module's docstring)."""
+    override = os.environ.get(ISA_OVERRIDE)
+    if override:
+        if override not in ISAS:
+            raise UsageError(f"{ISA_OVERRIDE}={override!r} is not an INT8 instruction set edgetl knows: "
+                             f"use one of {', '.join(ISAS)}, or unset it")
+        return override
     flags = cpu_flags() if flags is None else flags
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64"):
