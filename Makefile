@@ -9,7 +9,7 @@ PY38 := $(shell for p in python3.8 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.8*/b
   "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 8)' 2>/dev/null && { command -v "$$p"; break; }; done)
 RT38 := .venv-rt38
 
-.PHONY: demo test install runtime38 clean
+.PHONY: demo test install runtime38 emulator clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/edgetl demo
 
-test: $(STAMP) runtime38
+test: $(STAMP) runtime38 emulator
 	$(PY) -m pytest -q
 
 runtime38: $(STAMP)
@@ -33,6 +33,14 @@ ifneq ($(PY38),)
 else
 	@echo "no Python 3.8 interpreter (python3.8 or pyenv's 3.8.x): the edgetl-runtime on 3.8 tests will skip"
 endif
+
+# The INT8 tests that run ONNX Runtime on an emulated AVX2-only EPYC need QEMU's user mode: installed here
+# where this is an x86-64 Debian/Ubuntu machine and we are root; elsewhere those tests skip, saying why.
+emulator:
+	@command -v qemu-x86_64 >/dev/null || { [ "$$(uname -m)" = x86_64 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq qemu-user >/dev/null 2>&1 \
+	       || { apt-get update -qq && apt-get install -y -qq qemu-user >/dev/null 2>&1; }; } \
+	  || echo "qemu-user could not be installed: the emulated AVX2-only CPU tests will skip"; }
 
 clean:
 	rm -rf $(VENV) $(RT38) runs .pytest_cache

@@ -159,6 +159,17 @@ def tiny_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_cpu_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``tiny_run`` exported to INT8 in both layouts (``--int8 --int8-cpu``); returns the run folder."""
+    from edgetl.export.config import ExportConfig
+    from edgetl.export.pipeline import export
+
+    run = copy_run(tiny_run, tmp_path_factory.mktemp("tiny_cpu_export") / "run")
+    export(ExportConfig(run=str(run), int8=True, int8_cpu=True, engine=False, calib_size=64))
+    return run
+
+
 def assert_tensorrt_int8_shape(model: object, float_layers: tuple[str, ...] | list[str]) -> None:
     """What TensorRT needs from model.int8.onnx: opset <= 17, symmetric INT8 Q/DQ (every zero point 0),
     weights quantized per output channel, and each weighted layer outside ``float_layers`` reading both

@@ -17,6 +17,7 @@ from edgetl.errors import EdgetlError
 from edgetl.export.config import ExportConfig
 from edgetl.export.pipeline import export
 from edgetl.fileio import sha256_file
+from edgetl.runtime.onnxruntime import OrtRunner
 from edgetl.train.config import TrainConfig
 from edgetl.train.loop import finetune
 
@@ -28,7 +29,6 @@ def _manifest(out: Path) -> dict:
 def test_fp32_onnx_matches_pytorch_on_real_images(digits_run: Path, tmp_path: Path) -> None:
     """The default model (bundled Lite0, static 'same' padding) on real digit scans."""
     from edgetl.evaluate import load_run_model
-    from edgetl.runtime.onnxruntime import OrtRunner
 
     run = copy_run(digits_run, tmp_path / "run")
     export(ExportConfig(run=str(run), engine=False))
@@ -197,20 +197,33 @@ def test_bad_export_options_are_usage_errors(tiny_run: Path) -> None:
         export(ExportConfig(run=str(tiny_run), batch="many"))
 
 
-def test_cpu_int8_variant_uses_uint8_activations(tiny_run: Path, tmp_path: Path) -> None:
-    run = copy_run(tiny_run, tmp_path / "run")
-    report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, engine=False, calib_size=64))
-    out = run / "export"
+def test_cpu_int8_variant_uses_uint8_activations_and_weights_no_int16_pair_can_saturate(
+        tiny_cpu_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.int8-cpu.onnx: uint8 activations, and per-channel weight scales that keep every pair of
+    weights x86 kernels add in int16 within 128, so that even where those kernels can saturate (AVX2)
+    edgetl's runner and a plain ONNX Runtime user need no session setting."""
+    from edgetl.runtime import Predictor
+    from edgetl.runtime.numerics import k_rows, pair_sums, paired_weights
+
+    out = tiny_cpu_export / "export"
     m = onnx.load(str(out / "model.int8-cpu.onnx"))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
     zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.dtype == np.uint8 for z in zps)
+    paired = paired_weights(m.graph)
+    assert paired and all(pair_sums(k_rows(inits[w], op)).max() <= 128 for w, op in paired.items())
+    assert max(int(np.abs(inits[w].astype(np.int16)).max()) for w in paired) > 64  # more than 7-bit weights
+    trt = onnx.load(str(out / "model.int8.onnx"))
+    trt_inits = {t.name: onnx.numpy_helper.to_array(t) for t in trt.graph.initializer}
+    assert max(pair_sums(k_rows(trt_inits[w], op)).max() for w, op in paired_weights(trt.graph).items()) > 128
     entry = next(a for a in _manifest(out)["artifacts"] if a["file"] == "model.int8-cpu.onnx")
     assert entry["target"] == "cpu" and entry["precision"] == "int8" and entry["sha256"] == sha256_file(out / entry["file"])
-    assert report.accuracy["int8-cpu"]["delta_top1"] >= -1.0  # within the default --max-drop, or not written
-    from edgetl.runtime import Predictor
-
-    assert Predictor(out / "model.int8-cpu.onnx").runner.precision == "int8"
+    assert entry["accuracy"]["int16_safe"] is True and entry["accuracy"]["ort_session_config"] == {}
+    assert entry["accuracy"]["delta_top1"] >= -1.0  # within the default --max-drop, or not written
+    monkeypatch.setenv("EDGETL_INT8_ISA", "avx2")
+    runner = Predictor(out / "model.int8-cpu.onnx").runner
+    assert runner.precision == "int8" and runner.session_config == {}
+    assert OrtRunner(out / "model.int8.onnx").session_config == {"session.x64quantprecision": "1"}
 
 
 def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run: Path, tmp_path: Path) -> None:
@@ -218,7 +231,6 @@ def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run:
     logits' per-class mean on validation images moves toward FP32's."""
     from edgetl.data.sources import eval_transform, load_data, make_loader
     from edgetl.images import Preprocess
-    from edgetl.runtime.onnxruntime import OrtRunner
 
     files = {}
     for corrected in (False, True):

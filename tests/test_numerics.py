@@ -39,26 +39,28 @@ print(json.dumps(out))
 """
 
 
-def _saturating_conv(path: Path, layout: str) -> Path:
+def _saturating_conv(path: Path, layout: str, depthwise: bool = False) -> Path:
     """A 1x1 convolution in Q/DQ form, 64 input channels, every weight 127: on u8s8 kernels without VNNI
     each pair of products (up to 255 x 127 x 2) overflows vpmaddubsw's int16. ``layout``: tensorrt
-    (int8 activations, which ORT shifts to uint8) or cpu (uint8 activations)."""
+    (int8 activations, which ORT shifts to uint8) or cpu (uint8 activations). ``depthwise``: a 3x3
+    depthwise convolution of the same weights instead, which ORT computes with other kernels."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     act, scale = (np.int8, 1 / 127) if layout == "tensorrt" else (np.uint8, 1 / 255)
+    out = 64 if depthwise else 32
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
              helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
-             helper.make_node("Conv", ["xd", "wd"], ["c"]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], **({"group": 64, "pads": [1] * 4} if depthwise else {})),
              helper.make_node("QuantizeLinear", ["c", "ys", "xz"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "ys", "xz"], ["y"])]
     inits = [numpy_helper.from_array(np.array(scale, np.float32), "xs"), numpy_helper.from_array(np.array(0, act), "xz"),
              numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
-             numpy_helper.from_array(np.full((32, 64, 1, 1), 127, np.int8), "w"),
-             numpy_helper.from_array(np.full(32, 1 / 127, np.float32), "ws"), numpy_helper.from_array(np.zeros(32, np.int8), "wz")]
+             numpy_helper.from_array(np.full((64, 1, 3, 3) if depthwise else (out, 64, 1, 1), 127, np.int8), "w"),
+             numpy_helper.from_array(np.full(out, 1 / 127, np.float32), "ws"), numpy_helper.from_array(np.zeros(out, np.int8), "wz")]
     graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 4, 4])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out, 4, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -179,18 +181,34 @@ def test_emulated_avx2_cpu_saturates_plain_onnxruntime_but_not_edgetl(avx2_emula
         np.testing.assert_allclose(r["simulated"], exact, atol=0.5, err_msg=layout)
 
 
-def test_exported_int8_through_edgetl_on_emulated_avx2_agrees_with_the_reported_numerics(
-        avx2_emulator: list[str], tiny_export: Path, tmp_path: Path) -> None:
-    """The exported model.int8.onnx through edgetl's runner on an AVX2-only EPYC (QEMU) predicts what its
-    reported (simulated) figure says, image by image."""
-    path = tiny_export / "export" / "model.int8.onnx"
-    x = _val_batch(tiny_export, 48)
+def test_emulated_avx2_depthwise_int8_does_not_saturate(avx2_emulator: list[str], tmp_path: Path) -> None:
+    """Why the CPU layout leaves depthwise weights at full 8 bits: ORT's depthwise kernels widen to int32,
+    so even 255 x 127 products in every tap come out exact on plain ORT without VNNI."""
+    x = np.full((1, 64, 4, 4), 0.9, np.float32)
     np.save(tmp_path / "x.npy", x)
+    path = _saturating_conv(tmp_path / "dw.onnx", "cpu", depthwise=True)
     got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(path)))[str(path)]
-    reported = OrtRunner(path, simulate=True).run(x).argmax(1)
+    np.testing.assert_allclose(got["plain"], OrtRunner(path, simulate=True).run(x), atol=0.5)
+
+
+def test_exported_int8_on_emulated_avx2_agrees_with_the_reported_numerics(
+        avx2_emulator: list[str], tiny_cpu_export: Path, tmp_path: Path) -> None:
+    """On an AVX2-only EPYC (QEMU): model.int8.onnx through edgetl's runner predicts what its reported
+    (simulated) figure says, image by image; model.int8-cpu.onnx needs no setting at all, plain ONNX
+    Runtime gives there the logits this host's VNNI kernels give."""
+    export = tiny_cpu_export / "export"
+    trt, cpu = export / "model.int8.onnx", export / "model.int8-cpu.onnx"
+    x = _val_batch(tiny_cpu_export, 48)
+    np.save(tmp_path / "x.npy", x)
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(trt), str(cpu)))
+    reported = OrtRunner(trt, simulate=True).run(x).argmax(1)
     for numerics in ("edgetl", "simulated"):
-        agree = (np.array(got[numerics]).argmax(1) == reported).mean()
+        agree = (np.array(got[str(trt)][numerics]).argmax(1) == reported).mean()
         assert agree >= 46 / 48, f"{numerics}: top-1 agrees on {agree:.0%} of the images"
+    assert got[str(cpu)]["config"] == {}
+    if not int8_can_saturate(int8_isa()):
+        host = ort.InferenceSession(str(cpu), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        np.testing.assert_allclose(got[str(cpu)]["plain"], host, atol=1e-4)
 
 
 def test_isa_override_reaches_doctor_and_a_bad_one_is_a_usage_error() -> None:

@@ -11,7 +11,11 @@ same graph simulated in float lost none. So:
   int8 x int8 in int32 and does not saturate like this.
 - ``onnxruntime-cpu``: ORT's own integer kernels, with ``session.x64quantprecision=1`` (U8U8 where
   u8s8 can overflow) on CPUs whose kernels can saturate. It is not set elsewhere: on this project's
-  AMX Xeon it made the CPU artifact 1.6x slower for identical accuracy (RESULTS.md).
+  AMX Xeon it made the CPU artifact 1.6x slower for identical accuracy (RESULTS.md). Nor is it set for
+  an ``int16_safe`` file, such as export's model.int8-cpu.onnx: its per-channel weight scales keep every
+  pair of weights that the kernels add in int16 within 128 in magnitude (255 x 128 = 32640 fits), so
+  ORT's fast u8s8 kernels run it exactly on every CPU. (ORT's own setting would send any tensor with a
+  weight beyond +-64 to the slower U8U8 kernels, safe or not.)
 
 The instruction set is read from /proc/cpuinfo. ``EDGETL_INT8_ISA`` overrides it where that file does not
 show what ONNX Runtime's CPUID check sees: under an emulator such as ``qemu-x86_64 -cpu EPYC-Rome`` (an
@@ -23,7 +27,9 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..errors import UsageError
 from ..machine import cpu_flags
@@ -69,9 +75,67 @@ def int8_can_saturate(isa: str) -> bool:
     return isa in ("avx512", "avx2", "sse")
 
 
-def kernel_config(isa: str | None = None) -> dict[str, str]:
-    """The session config an INT8 model needs on this CPU for kernels that do not overflow."""
-    return dict(SAFE_KERNEL_CONFIG) if int8_can_saturate(isa or int8_isa()) else {}
+def kernel_config(isa: str | None = None, path: Path | None = None) -> dict[str, str]:
+    """The session config an INT8 model (``path``, where known) needs on this CPU for kernels that do not
+    overflow: none with VNNI, none for an ``int16_safe`` file."""
+    if not int8_can_saturate(isa or int8_isa()) or (path is not None and int16_safe(path)):
+        return {}
+    return dict(SAFE_KERNEL_CONFIG)
+
+
+PAIR_LIMIT = 128  # 255 x 128 = 32640: two u8 x s8 products whose weights add up to this fit in int16
+
+
+def paired_weights(graph: Any) -> dict[str, str]:
+    """The weight initializers (behind DequantizeLinear in a Q/DQ graph) of every Conv but depthwise ones,
+    Gemm and MatMul, each with the op that reads it (GemmT: a Gemm with transB): ONNX Runtime's x86 u8s8 GEMM and convolution
+    kernels add their products in pairs with vpmaddubsw where there is no VNNI, while its depthwise
+    kernels widen to int32 first (MLAS qdwconv_avx2.cpp) and cannot saturate."""
+    inits = {t.name: tuple(t.dims) for t in graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    found = {}
+    for n in graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        weight = dequantized.get(n.input[1], n.input[1])
+        if weight not in inits:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type == "Conv" and group > 1 and inits[weight][1] == 1:  # one input channel per group
+            continue
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        found[weight] = "GemmT" if n.op_type == "Gemm" and trans_b else n.op_type
+    return found
+
+
+def k_rows(w: np.ndarray, op: str) -> np.ndarray:
+    """One row per output channel, in the order ONNX Runtime's x86 kernels walk the reduction (K): for a
+    convolution kernel position, then input channel (MLAS packs NHWC-style); padded to an even length.
+    Consecutive pairs (0,1), (2,3), ... are what vpmaddubsw adds in int16."""
+    rows = (w.transpose(0, *range(2, w.ndim), 1).reshape(w.shape[0], -1) if op == "Conv"
+            else w if op == "GemmT" else w.T)
+    return np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
+
+
+def pair_sums(q: np.ndarray) -> np.ndarray:
+    """|q_2i| + |q_2i+1| for each pair of each row of ``k_rows`` output."""
+    a = np.abs(q.astype(np.int32))
+    return a[:, 0::2] + a[:, 1::2]
+
+
+def int16_safe(path: Path) -> bool:
+    """True where no pair of INT8 weights that x86 u8s8 kernels add in int16 exceeds ``PAIR_LIMIT``: ORT's
+    fast kernels cannot saturate on this file on any CPU, so it needs no session setting."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name: t for t in graph.initializer}
+    for name, op in paired_weights(graph).items():
+        w = numpy_helper.to_array(inits[name])
+        if w.dtype == np.int8 and pair_sums(k_rows(w, op)).max(initial=0) > PAIR_LIMIT:
+            return False
+    return True
 
 
 def int8_layout(path: Path) -> str | None:

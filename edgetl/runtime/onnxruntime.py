@@ -53,7 +53,7 @@ class OrtRunner:
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             self.session_config = dict(SIMULATE_CONFIG)
         elif self.int8_layout and device == "cpu":
-            self.session_config = kernel_config()
+            self.session_config = kernel_config(path=self.path)
         for key, value in self.session_config.items():
             opts.add_session_config_entry(key, value)
         self.numerics = SIMULATED if simulate else ORT_CUDA if device == "cuda" else ORT_CPU

@@ -190,7 +190,7 @@ def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     with the kernels edgetl's runtime picks for this CPU. Written only when its drop is within the budget."""
     import onnx
 
-    from ...runtime.numerics import int8_isa, kernel_config
+    from ...runtime.numerics import int16_safe, int8_isa
     from ...runtime.onnxruntime import OrtRunner
 
     q = job.work / "cpu.onnx"
@@ -202,12 +202,13 @@ def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
     runner = OrtRunner(q, own=True)
     acc = job.val.evaluate(runner)
     drop = job.fp32.top1 - acc.top1
-    isa = int8_isa()
-    job.log(f"CPU INT8 (u8 activations, s8 weights, ONNX Runtime's kernels on {isa}"
-            f"{', overflow-safe U8U8' if runner.session_config else ''}): top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
+    isa, safe = int8_isa(), int16_safe(q)
+    job.log(f"CPU INT8 (u8 activations, s8 weights{', scaled so that no int16 pair can saturate' if safe else ''}, "
+            f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if runner.session_config else ''}): "
+            f"top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
 
     info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
-                         "ort_session_config": kernel_config(isa)},
+                         "ort_session_config": runner.session_config, "int16_safe": safe},
             "int8": int8_share(onnx.load(str(q)), job.macs).to_dict(),
             "float_layers": floats, "written": drop <= job.cfg.max_drop}
     if info["written"]:

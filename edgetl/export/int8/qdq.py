@@ -25,16 +25,60 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def quantize(prep: Path, dst: Path, cache: Path, method: str, exclude: list[str], cpu: bool = False) -> None:
     """One quantize_static call with the ranges in ``cache``: cheap, so the guard can repeat it.
-    ``cpu`` makes the UINT8-activation layout for ONNX Runtime on x86/ARM CPUs instead of TensorRT's."""
+    ``cpu`` makes the UINT8-activation layout for ONNX Runtime on x86/ARM CPUs instead of TensorRT's, with
+    weight scales that x86 kernels without VNNI cannot saturate on (``int16_safe_scales``), so that one
+    file is exact and fast on every CPU."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing advice is noise here
+    options: dict[str, Any] = dict(CPU_SETTINGS if cpu else QUANT_SETTINGS)
+    if cpu:
+        options["TensorQuantOverrides"] = int16_safe_overrides(onnx.load(str(prep)).graph)
     quantize_static(
         str(prep), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
-        calibrate_method=calib_method(method), nodes_to_exclude=exclude,
-        extra_options=dict(CPU_SETTINGS if cpu else QUANT_SETTINGS), calibration_cache_path=str(cache),
+        calibrate_method=calib_method(method), nodes_to_exclude=exclude, extra_options=options,
+        calibration_cache_path=str(cache),
     )
+
+
+def int16_safe_overrides(graph: Any) -> dict[str, list[dict[str, Any]]]:
+    """quantize_static's per-channel weight scales for the CPU layout: ``int16_safe_scales`` of every
+    Conv and Gemm weight that ONNX Runtime's x86 kernels pair in int16 (MatMul weights keep the default
+    and, where they could saturate, the runtime's overflow-safe setting)."""
+    from onnx import numpy_helper
+
+    from ...runtime.numerics import k_rows, paired_weights
+
+    inits = {t.name: t for t in graph.initializer}
+    overrides = {}
+    for name, op in paired_weights(graph).items():
+        if op == "MatMul":
+            continue
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        axis = 1 if op == "Gemm" else 0  # the output channel: Gemm without transB holds weights as K x N
+        overrides[name] = [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)}
+                           for s in int16_safe_scales(k_rows(w, op))]
+    return overrides
+
+
+def int16_safe_scales(rows: np.ndarray, steps: int = 24) -> np.ndarray:
+    """Per row (output channel) of float weights in kernel order, the smallest symmetric INT8 scale at
+    which every consecutive pair adds up to at most 127 in magnitude once rounded: 255 x 128 = 32640
+    fits int16 with one step to spare for rounding, where plain max|w|/127 scales let a pair reach 254
+    and saturate. A channel whose pairs already fit keeps its full 8 bits; the worst case is 7 bits."""
+    from ...runtime.numerics import pair_sums
+
+    full = np.maximum(np.abs(rows).max(axis=1), np.finfo(np.float32).tiny) / 127
+    fits = lambda scale: pair_sums(np.rint(rows / scale[:, None])).max(axis=1) <= 127  # noqa: E731
+    lo, hi = full.copy(), np.maximum(full, (np.abs(rows[:, 0::2]) + np.abs(rows[:, 1::2])).max(axis=1) / 126.5)
+    hi = np.where(fits(full), full, hi)
+    for _ in range(steps):  # bisection per row: lo does not fit (or is hi), hi fits
+        mid = (lo + hi) / 2
+        ok = fits(mid)
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    return hi.astype(np.float32)
 
 
 def stem_nodes(model_path: Path) -> list[str]:
