@@ -90,7 +90,8 @@ def _int8_line(cpu: dict[str, Any]) -> str:
     isa = cpu["int8_isa"] + ("" if source == "/proc/cpuinfo" else f" (from {source})")
     if cpu["int8_can_saturate"]:
         return (f"{isa}: ONNX Runtime's u8s8 kernels CAN saturate here (no VNNI); edgetl runs INT8 "
-                "with session.x64quantprecision=1, plain ONNX Runtime users must set it too")
+                "with session.x64quantprecision=1, plain ONNX Runtime users must set it too (except for "
+                "int16-safe files such as model.int8-cpu.onnx)")
     return f"{isa}: ONNX Runtime's INT8 kernels do not saturate here"
 
 
