@@ -284,3 +284,23 @@ def test_every_layer_the_guard_can_float_leaves_a_valid_graph(tmp_path: Path) ->
     assert len(candidates) >= 4
     for name in candidates:
         ort.InferenceSession(floater.floated([name]).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_int16_safe_scales_keep_every_pair_within_int16_and_full_8_bits_where_pairs_allow() -> None:
+    """A channel whose two largest weights sit in one pair drops to 7 bits; one whose pairs fit keeps
+    max|w|/127; no pair of rounded weights ever adds up to more than 127 (255 x 128 fits int16)."""
+    from edgetl.export.int8.qdq import int16_safe_scales
+    from edgetl.runtime.numerics import pair_sums
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((256, 97)).astype(np.float32)
+    rows[0, :2] = [3.0, -3.0]  # the worst case: 7 bits
+    rows[1] = 0.01
+    rows[1, 0] = 1.0  # a lone peak: (almost) all 8 bits
+    scales = int16_safe_scales(rows)
+    padded = np.pad(rows, ((0, 0), (0, 1)))
+    q = np.rint(padded / scales[:, None])
+    assert pair_sums(q).max() <= 127 and np.abs(q).max() <= 127
+    full = np.abs(rows).max(axis=1) / 127
+    assert np.all(scales >= full * (1 - 1e-6)) and np.all(scales <= 2 * full * 1.01)
+    assert scales[0] == pytest.approx(2 * full[0], rel=0.01) and scales[1] == pytest.approx(full[1], rel=0.02)

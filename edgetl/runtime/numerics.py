@@ -88,9 +88,9 @@ PAIR_LIMIT = 128  # 255 x 128 = 32640: two u8 x s8 products whose weights add up
 
 def paired_weights(graph: Any) -> dict[str, str]:
     """The weight initializers (behind DequantizeLinear in a Q/DQ graph) of every Conv but depthwise ones,
-    Gemm and MatMul, each with the op that reads it (GemmT: a Gemm with transB): ONNX Runtime's x86 u8s8 GEMM and convolution
-    kernels add their products in pairs with vpmaddubsw where there is no VNNI, while its depthwise
-    kernels widen to int32 first (MLAS qdwconv_avx2.cpp) and cannot saturate."""
+    Gemm and MatMul, each with the op that reads it (GemmT: a Gemm with transB). ONNX Runtime's x86
+    u8s8 GEMM and convolution kernels add their products in pairs with vpmaddubsw where there is no
+    VNNI, while its depthwise kernels widen to int32 first (MLAS qdwconv_avx2.cpp) and cannot saturate."""
     inits = {t.name: tuple(t.dims) for t in graph.initializer}
     dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     found = {}
@@ -132,6 +132,8 @@ def int16_safe(path: Path) -> bool:
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {t.name: t for t in graph.initializer}
     for name, op in paired_weights(graph).items():
+        if inits[name].data_location == onnx.TensorProto.EXTERNAL:  # not read here: assume the worst
+            return False
         w = numpy_helper.to_array(inits[name])
         if w.dtype == np.int8 and pair_sums(k_rows(w, op)).max(initial=0) > PAIR_LIMIT:
             return False

@@ -70,6 +70,7 @@ def int16_safe_scales(rows: np.ndarray, steps: int = 24) -> np.ndarray:
     and saturate. A channel whose pairs already fit keeps its full 8 bits; the worst case is 7 bits."""
     from ...runtime.numerics import pair_sums
 
+    rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
     full = np.maximum(np.abs(rows).max(axis=1), np.finfo(np.float32).tiny) / 127
     fits = lambda scale: pair_sums(np.rint(rows / scale[:, None])).max(axis=1) <= 127  # noqa: E731
     lo, hi = full.copy(), np.maximum(full, (np.abs(rows[:, 0::2]) + np.abs(rows[:, 1::2])).max(axis=1) / 126.5)
