@@ -98,12 +98,12 @@ def avx2_emulator() -> list[str]:
     return [qemu, "-cpu", EMULATED_AVX2_CPU]
 
 
-def run_emulated(prefix: list[str], code: str, *args: str, isa: str = "avx2", timeout: int = 300) -> str:
-    """Run ``python -c code args`` under ``prefix`` (``avx2_emulator``) with edgetl told the emulated ISA;
-    returns its stdout. QEMU's warnings about host-only CPUID bits are dropped from a failure's message."""
+def run_emulated(prefix: list[str], code: str, *args: str, timeout: int = 300) -> str:
+    """Run ``python -c code args`` under ``prefix`` (``avx2_emulator``) with edgetl told the emulated ISA
+    (avx2); returns its stdout. QEMU's warnings about host-only CPUID bits are dropped from a failure's message."""
     import subprocess
 
-    env = {**os.environ, "EDGETL_INT8_ISA": isa}
+    env = {**os.environ, "EDGETL_INT8_ISA": "avx2"}
     r = subprocess.run([*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
                        timeout=timeout)
     errors = "\n".join(ln for ln in r.stderr.splitlines() if "TCG doesn't support" not in ln)

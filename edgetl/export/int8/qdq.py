@@ -71,8 +71,10 @@ def int16_safe_scales(rows: np.ndarray, steps: int = 24) -> np.ndarray:
     from ...runtime.numerics import pair_sums
 
     rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
+    def fits(scale: np.ndarray) -> np.ndarray:
+        return pair_sums(np.rint(rows / scale[:, None])).max(axis=1) <= 127
+
     full = np.maximum(np.abs(rows).max(axis=1), np.finfo(np.float32).tiny) / 127
-    fits = lambda scale: pair_sums(np.rint(rows / scale[:, None])).max(axis=1) <= 127  # noqa: E731
     lo, hi = full.copy(), np.maximum(full, (np.abs(rows[:, 0::2]) + np.abs(rows[:, 1::2])).max(axis=1) / 126.5)
     hi = np.where(fits(full), full, hi)
     for _ in range(steps):  # bisection per row: lo does not fit (or is hi), hi fits
