@@ -39,16 +39,20 @@ print(json.dumps(out))
 """
 
 
-def _saturating_conv(path: Path, layout: str, depthwise: bool = False) -> Path:
+def _saturating_conv(path: Path, layout: str, depthwise: bool = False, alternating: bool = False) -> Path:
     """A 1x1 convolution in Q/DQ form, 64 input channels, every weight 127: on u8s8 kernels without VNNI
     each pair of products (up to 255 x 127 x 2) overflows vpmaddubsw's int16. ``layout``: tensorrt
     (int8 activations, which ORT shifts to uint8) or cpu (uint8 activations). ``depthwise``: a 3x3
-    depthwise convolution of the same weights instead, which ORT computes with other kernels."""
+    depthwise convolution of the same weights instead, which ORT computes with other kernels.
+    ``alternating``: weights +127, -127, ... along the input channels, so each pair's products cancel."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     act, scale = (np.int8, 1 / 127) if layout == "tensorrt" else (np.uint8, 1 / 255)
     out = 64 if depthwise else 32
+    w = np.full((64, 1, 3, 3) if depthwise else (out, 64, 1, 1), 127, np.int8)
+    if alternating:
+        w[:, 1::2] = -127
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
              helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
@@ -57,7 +61,7 @@ def _saturating_conv(path: Path, layout: str, depthwise: bool = False) -> Path:
              helper.make_node("DequantizeLinear", ["yq", "ys", "xz"], ["y"])]
     inits = [numpy_helper.from_array(np.array(scale, np.float32), "xs"), numpy_helper.from_array(np.array(0, act), "xz"),
              numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
-             numpy_helper.from_array(np.full((64, 1, 3, 3) if depthwise else (out, 64, 1, 1), 127, np.int8), "w"),
+             numpy_helper.from_array(w, "w"),
              numpy_helper.from_array(np.full(out, 1 / 127, np.float32), "ws"), numpy_helper.from_array(np.zeros(out, np.int8), "wz")]
     graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out, 4, 4])], inits)
@@ -179,6 +183,18 @@ def test_emulated_avx2_cpu_saturates_plain_onnxruntime_but_not_edgetl(avx2_emula
         assert r["config"] == {"session.x64quantprecision": "1"}, layout
         np.testing.assert_allclose(r["edgetl"], exact, atol=0.5, err_msg=layout)  # 0.5: one output step
         np.testing.assert_allclose(r["simulated"], exact, atol=0.5, err_msg=layout)
+
+
+def test_emulated_avx2_pairs_of_opposite_sign_do_not_saturate(avx2_emulator: list[str], tmp_path: Path) -> None:
+    """Why int16-safe scales only limit pairs of one sign: +127 and -127 in one pair cancel, so with any
+    uint8 activations plain ORT without VNNI is exact there, though |w0| + |w1| = 254 (issue 12)."""
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    path = _saturating_conv(tmp_path / "alt.onnx", "cpu", alternating=True)
+    exact = OrtRunner(path, simulate=True).run(x)
+    assert np.abs(exact).max() > 2  # the activations differ within pairs, so a clipped pair would show
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(path)))[str(path)]
+    np.testing.assert_allclose(got["plain"], exact, atol=0.5)
 
 
 def test_emulated_avx2_depthwise_int8_does_not_saturate(avx2_emulator: list[str], tmp_path: Path) -> None:

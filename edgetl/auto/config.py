@@ -52,7 +52,7 @@ class AutoConfig:
     max_latency_ms: float | None = option(None, "Finalists slower than this (p50, batch --batch-size-deploy) are "
                                           "out.", TARGET, legal=limits.POSITIVE)
     batch_size_deploy: int = option(1, "Batch size the finalists are timed at.", TARGET, legal=limits.BATCH)
-    max_drop: float = option(1.0, "With --target ort-int8: the INT8 export's accuracy budget (as export "
+    max_drop: float = option(0.5, "With --target ort-int8: the INT8 export's accuracy budget (as export "
                              "--max-drop).", TARGET, legal=limits.POINTS)
     batch_size: int = option(64, "Training images per step.", SEARCH, legal=limits.BATCH)
     val_split: float | None = option(None, "Hold out this stratified fraction for validation (default 0.2 when "

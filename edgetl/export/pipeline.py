@@ -138,7 +138,8 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, train
                 report.accuracy["int8-cpu"] = int8.cpu["accuracy"]
                 manifest["artifacts"].append(_entry(out / "model.int8-cpu.onnx", "int8", "onnx", cfg.opset, target="cpu",
                                                     accuracy=int8.cpu["accuracy"], int8=int8.cpu["int8"],
-                                                    float_layers=int8.cpu["float_layers"], qat=_qat_used(int8.qat)))
+                                                    float_layers=int8.cpu["float_layers"], guard=int8.cpu["guard"] or None,
+                                                    qat=_qat_used(int8.qat)))
         else:
             failures.append(EdgetlError(int8.message))
         _write_manifest(out, manifest)

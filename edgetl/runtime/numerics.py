@@ -83,7 +83,7 @@ def kernel_config(isa: str | None = None, path: Path | None = None) -> dict[str,
     return dict(SAFE_KERNEL_CONFIG)
 
 
-PAIR_LIMIT = 128  # 255 x 128 = 32640: two u8 x s8 products whose weights add up to this fit in int16
+PAIR_LIMIT = 128  # 255 x 128 = 32640: two u8 x s8 products whose same-sign weights add up to this fit in int16
 
 
 def paired_weights(graph: Any) -> dict[str, str]:
@@ -118,9 +118,11 @@ def k_rows(w: np.ndarray, op: str) -> np.ndarray:
 
 
 def pair_sums(q: np.ndarray) -> np.ndarray:
-    """|q_2i| + |q_2i+1| for each pair of each row of ``k_rows`` output."""
-    a = np.abs(q.astype(np.int32))
-    return a[:, 0::2] + a[:, 1::2]
+    """|q_2i + q_2i+1| for each pair of each row of ``k_rows`` output: with u8 activations a in [0, 255],
+    a_2i q_2i + a_2i+1 q_2i+1 reaches 255 x |q_2i + q_2i+1| when the two weights share a sign, and stays
+    within 255 x 128 when they do not (one product is then at most 0). Only same-sign pairs saturate."""
+    q = q.astype(np.int32)
+    return np.abs(q[:, 0::2] + q[:, 1::2])
 
 
 def int16_safe(path: Path) -> bool:

@@ -21,7 +21,7 @@ from ..config import ExportConfig
 from . import qat
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
-from .guard import NEXT_STEPS, run_guard
+from .guard import NEXT_STEPS, fewest, most_floats, rank, run_guard
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
 from .qat import Trained
 from .qdq import QUANT_SETTINGS, int8_share, layer_macs, quantize, stem_nodes
@@ -106,7 +106,7 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
         log(f"INT8: {share.line()}")
         atomic_write_bytes(dst, best.SerializeToString())
         if cfg.int8_cpu:
-            result.cpu = _cpu_variant(job, floats + [x["name"] for x in guard["float_layers"]], out)
+            result.cpu = _cpu_variant(cand, floats + [x["name"] for x in guard["float_layers"]], out)
     return result
 
 
@@ -120,6 +120,7 @@ class _Candidate:
     acc: EvalResult
     floats: list[str]
     qat: bool
+    order: list[str] | None = None  # the guard's sensitivity ranking, once it has run
 
 
 def _guarded(candidates: list[_Candidate], fp32: EvalResult, cfg: ExportConfig,
@@ -134,6 +135,7 @@ def _guarded(candidates: list[_Candidate], fp32: EvalResult, cfg: ExportConfig,
         if drop <= cfg.max_drop:
             return cand, cand.q, cand.acc, guard, None
         found = run_guard(cand.job, cand.q, cand.prep_model, drop)
+        cand.order = found["order"]
         guard.update(found["guard"])
         if found["model"] is not None:
             return cand, found["model"], found["accuracy"], guard, None
@@ -185,32 +187,64 @@ def _with_qat(rm: RunModel, trained: Trained, ptq: Int8Job, ptq_acc: EvalResult)
     return _Candidate(job, q, prep_model, acc, floats, True), info
 
 
-def _cpu_variant(job: Int8Job, floats: list[str], out: Path) -> dict[str, Any]:
+def _cpu_variant(cand: _Candidate, floats: list[str], out: Path) -> dict[str, Any]:
     """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout, measured
-    with the kernels edgetl's runtime picks for this CPU. Written only when its drop is within the budget."""
+    with the kernels edgetl's runtime picks for this CPU. Its errors sit in other layers than the TensorRT
+    layout's (uint8 activations, int16-safe weights), so past --max-drop more layers stay in float, taken
+    in the guard's sensitivity order, as few as fit and as --min-int8 allows. Each try quantizes again:
+    the guard's rewiring cannot float a layer of this layout, whose Clips are folded into its ranges.
+    Written only when its drop is within the budget."""
     import onnx
 
     from ...runtime.numerics import int16_safe, int8_isa
     from ...runtime.onnxruntime import OrtRunner
 
-    q = job.work / "cpu.onnx"
-    quantize(job.prep, q, job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
-    if job.cfg.bias_correction:
-        model = onnx.load(str(q))
-        correct_biases(job, model, onnx.load(str(job.prep)))
-        q.write_bytes(model.SerializeToString())
-    runner = OrtRunner(q, own=True)
-    acc = job.val.evaluate(runner)
-    drop = job.fp32.top1 - acc.top1
-    isa, safe = int8_isa(), int16_safe(q)
+    job, isa = cand.job, int8_isa()
+    built: dict[int, tuple[Path, EvalResult, OrtRunner]] = {}
+
+    def build(extra: list[str]) -> float:
+        q = job.work / f"cpu-{len(extra)}.onnx"
+        quantize(job.prep, q, job.cpu_cache or job.cache, job.cfg.calib_method, floats + extra, cpu=True)
+        if job.cfg.bias_correction:
+            model = onnx.load(str(q))
+            correct_biases(job, model, onnx.load(str(job.prep)))
+            q.write_bytes(model.SerializeToString())
+        runner = OrtRunner(q, own=True)
+        built[len(extra)] = q, job.val.evaluate(runner), runner
+        return job.fp32.top1 - built[len(extra)][1].top1
+
+    drop = build([])
+    q, acc, runner = built[0]
+    safe = int16_safe(q)
     job.log(f"CPU INT8 (u8 activations, s8 weights{', scaled so that no int16 pair can saturate' if safe else ''}, "
             f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if runner.session_config else ''}): "
             f"top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
+    extra: list[str] = []
+    guard: dict[str, Any] = {}
+    if drop > job.cfg.max_drop:
+        order = [n for n in (cand.order or rank(job, cand.q, cand.prep_model)[0]) if n not in floats]
+        tried: dict[int, float] = {}
+
+        def attempt(k: int) -> bool:
+            tried[k] = build(order[:k])
+            job.log(f"  CPU INT8 with {k} more layer(s) in float: top-1 {built[k][1].top1:.2f}% (drop {tried[k]:+.2f})")
+            return tried[k] <= job.cfg.max_drop
+
+        k = fewest(most_floats(job, onnx.load(str(q)), order), attempt)
+        guard = {"tried": tried}
+        if k is not None:
+            extra = order[:k]
+            q, acc, runner = built[k]
+            drop = tried[k]
+            macs = sum(job.macs.values()) or 1
+            guard["float_layers"] = [{"name": n, "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in extra]
+            names = ", ".join(extra[:3]) + (f" and {k - 3} more" if k > 3 else "")
+            job.log(f"CPU INT8: {k} more layer(s) kept in float ({names})")
 
     info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
-                         "ort_session_config": runner.session_config, "int16_safe": safe},
+                         "ort_session_config": runner.session_config, "int16_safe": int16_safe(q)},
             "int8": int8_share(onnx.load(str(q)), job.macs).to_dict(),
-            "float_layers": floats, "written": drop <= job.cfg.max_drop}
+            "float_layers": floats + extra, "guard": guard, "written": drop <= job.cfg.max_drop}
     if info["written"]:
         atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
     else:

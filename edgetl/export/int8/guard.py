@@ -5,6 +5,7 @@ never so many that less than ``--min-int8`` of the MACs stays in INT8."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,12 @@ NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, 
               "--min-int8 0 to accept a partly float model")
 
 
-def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
-    """Rank quantized layers by how much floating each alone brings the simulated INT8 logits back to
-    FP32 on calibration images (one pass, one cheap model copy per layer), then float the top k,
-    growing k until the validation drop fits; k stops where less than ``min_int8`` of the MACs
-    would stay in INT8."""
+def rank(job: Int8Job, q: Any, prep_model: Any) -> tuple[list[str], dict[str, float]]:
+    """The quantized layers of ``q``, most sensitive first, with each one's gain: how much floating it
+    alone brings the simulated INT8 logits back to FP32 on calibration images (one pass, one cheap model
+    copy per layer)."""
     from ...runtime.onnxruntime import OrtRunner
 
-    cfg, log = job.cfg, job.log
-    t0 = time.perf_counter()
     floater = Floater(q, prep_model)
     n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
     probe = job.calib.subset(range(min(n, len(job.calib))))
@@ -44,21 +42,56 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
     base_err = error(q)
     candidates = quantized_nodes(q)
     gains: dict[str, float] = {}
-    with log.task(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
-                  f"{len(probe)} images", len(candidates)) as tick:
+    with job.log.task(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
+                      f"{len(probe)} images", len(candidates)) as tick:
         for name in candidates:
             gains[name] = base_err - error(floater.floated([name]))
             tick()
-    order = sorted(candidates, key=lambda n: -gains[n])
-    # the most layers that can float while min_int8 of the MACs stay in INT8
-    base = int8_share(q, job.macs)
+    return sorted(candidates, key=lambda n: -gains[n]), gains
+
+
+def most_floats(job: Int8Job, model: Any, order: list[str]) -> int:
+    """How many of ``order`` (the first ones) can float while ``--min-int8`` of the MACs stay in INT8."""
+    base = int8_share(model, job.macs)
     int8_now = set(base.int8_names)
     k_max, left = 0, base.int8_macs
     for name in order:
         left -= job.macs[name] if name in int8_now else 0
-        if left < cfg.min_int8 * base.macs:
+        if left < job.cfg.min_int8 * base.macs:
             break
         k_max += 1
+    return k_max
+
+
+def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
+    """The least k in 1..k_max with ``fits(k)`` (assumed monotonic): k grows geometrically until it fits,
+    then bisects down; None where even k_max does not fit. Each k is tried at most once."""
+    lo, k, hi = 0, 1, None
+    while k <= k_max:
+        if fits(k):
+            hi = k
+            break
+        lo, k = k, (min(2 * k, k_max) if k < k_max else k_max + 1)
+    if hi is None:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
+    """Rank quantized layers (``rank``), then float the top k, growing k until the validation drop fits;
+    k stops where less than ``min_int8`` of the MACs would stay in INT8. The ranking is returned as
+    ``order`` for the CPU variant, which may need more layers in float than this model."""
+    cfg, log = job.cfg, job.log
+    t0 = time.perf_counter()
+    floater = Floater(q, prep_model)
+    order, gains = rank(job, q, prep_model)
+    k_max = most_floats(job, q, order)
     tried: dict[int, float] = {}
     results: dict[int, tuple[Any, EvalResult]] = {}
 
@@ -69,39 +102,25 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
         log(f"  {k} layer(s) in float: INT8 top-1 {acc.top1:.2f}% (drop {tried[k]:+.2f})")
         return tried[k] <= cfg.max_drop
 
-    # Grow k geometrically until the drop fits, then bisect down to the fewest layers that still fit.
-    lo, k, hi = 0, 1, None
-    while k <= k_max:
-        if attempt(k):
-            hi = k
-            break
-        lo, k = k, (min(2 * k, k_max) if k < k_max else k_max + 1)
-    info: dict[str, Any] = {"tried": tried, "candidates": len(candidates), "sensitivity": _top(gains, order),
-                            "seconds": 0.0}
+    hi = fewest(k_max, attempt)
+    info: dict[str, Any] = {"tried": tried, "candidates": len(order), "sensitivity": _top(gains, order),
+                            "seconds": round(time.perf_counter() - t0, 1)}
     if hi is None:
-        info["seconds"] = round(time.perf_counter() - t0, 1)
         limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
                  f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
         drop = tried[max(tried)] if tried else initial_drop
-        return {"model": None, "guard": info,
+        return {"model": None, "guard": info, "order": order,
                 "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
                            f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
                            f"{NEXT_STEPS}"}
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid):
-            hi = mid
-        else:
-            lo = mid
     model, acc = results[hi]
-    info["seconds"] = round(time.perf_counter() - t0, 1)
     macs = sum(job.macs.values()) or 1
     layers = [{"name": n, "op": floater.nodes[n].op_type, "sensitivity_mse": gains[n],
                "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in order[:hi]]
     info["float_layers"] = layers
     log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
     log(_float_table(layers))
-    return {"model": model, "accuracy": acc, "guard": info}
+    return {"model": model, "accuracy": acc, "guard": info, "order": order}
 
 
 def _float_table(layers: list[dict[str, Any]]) -> str:

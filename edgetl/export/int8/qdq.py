@@ -65,9 +65,10 @@ def int16_safe_overrides(graph: Any) -> dict[str, list[dict[str, Any]]]:
 
 def int16_safe_scales(rows: np.ndarray, steps: int = 24) -> np.ndarray:
     """Per row (output channel) of float weights in kernel order, the smallest symmetric INT8 scale at
-    which every consecutive pair adds up to at most 127 in magnitude once rounded: 255 x 128 = 32640
-    fits int16 with one step to spare for rounding, where plain max|w|/127 scales let a pair reach 254
-    and saturate. A channel whose pairs already fit keeps its full 8 bits; the worst case is 7 bits."""
+    which every consecutive pair adds up to at most 127 in magnitude once rounded (``pair_sums``: only
+    pairs of one sign add up): 255 x 128 = 32640 fits int16 with one step to spare for rounding, where
+    plain max|w|/127 scales let a pair reach 254 and saturate. A channel whose pairs already fit keeps
+    its full 8 bits; the worst case is 7 bits."""
     from ...runtime.numerics import pair_sums
 
     rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
@@ -75,7 +76,7 @@ def int16_safe_scales(rows: np.ndarray, steps: int = 24) -> np.ndarray:
         return pair_sums(np.rint(rows / scale[:, None])).max(axis=1) <= 127
 
     full = np.maximum(np.abs(rows).max(axis=1), np.finfo(np.float32).tiny) / 127
-    lo, hi = full.copy(), np.maximum(full, (np.abs(rows[:, 0::2]) + np.abs(rows[:, 1::2])).max(axis=1) / 126.5)
+    lo, hi = full.copy(), np.maximum(full, np.abs(rows[:, 0::2] + rows[:, 1::2]).max(axis=1) / 126.5)
     hi = np.where(fits(full), full, hi)
     for _ in range(steps):  # bisection per row: lo does not fit (or is hi), hi fits
         mid = (lo + hi) / 2
