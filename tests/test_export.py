@@ -314,10 +314,13 @@ def test_cpu_variant_keeps_the_tensorrt_float_layers_and_stays_within_the_budget
     entries = {a["file"]: a for a in manifest["artifacts"]}
     trt, cpu = entries["model.int8.onnx"], entries["model.int8-cpu.onnx"]
     assert cpu["accuracy"]["delta_top1"] >= -0.5 and cpu["accuracy"]["numerics"].startswith("onnxruntime")
-    extra = {x["name"] for x in cpu.get("guard", {}).get("float_layers", [])}
-    trt_floats = {x["name"] for x in trt["float_layers"]}
-    assert trt_floats and not extra & trt_floats
-    assert set(cpu["float_layers"]) == set(manifest["calibration"]["float_stem"]) | trt_floats | extra
+    extra = cpu.get("guard", {}).get("added", [])
+    trt_floats = [x["name"] for x in trt["float_layers"]]
+    assert trt_floats and not set(extra) & set(trt_floats)
+    assert [x["name"] for x in cpu["float_layers"]] == trt_floats + extra
+    stem = len(manifest["calibration"]["float_stem"])
+    weighted = [x for x in cpu["float_layers"] if x["op"] in ("Conv", "Gemm", "MatMul")]
+    assert cpu["int8"]["int8_layers"] == cpu["int8"]["weighted_layers"] - stem - len(weighted)
 
 
 def test_int16_safe_scales_keep_every_pair_within_int16_and_full_8_bits_where_pairs_allow() -> None:

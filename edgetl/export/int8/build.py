@@ -106,7 +106,7 @@ def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: Expor
         log(f"INT8: {share.line()}")
         atomic_write_bytes(dst, best.SerializeToString())
         if cfg.int8_cpu:
-            result.cpu = _cpu_variant(cand, floats + [x["name"] for x in guard["float_layers"]], out)
+            result.cpu = _cpu_variant(cand, floats, guard["float_layers"], out)
     return result
 
 
@@ -120,7 +120,7 @@ class _Candidate:
     acc: EvalResult
     floats: list[str]
     qat: bool
-    order: list[str] | None = None  # the guard's sensitivity ranking, once it has run
+    ranking: tuple[list[str], dict[str, float]] | None = None  # the guard's (order, gains), once it has run
 
 
 def _guarded(candidates: list[_Candidate], fp32: EvalResult, cfg: ExportConfig,
@@ -135,7 +135,7 @@ def _guarded(candidates: list[_Candidate], fp32: EvalResult, cfg: ExportConfig,
         if drop <= cfg.max_drop:
             return cand, cand.q, cand.acc, guard, None
         found = run_guard(cand.job, cand.q, cand.prep_model, drop)
-        cand.order = found["order"]
+        cand.ranking = found["ranking"]
         guard.update(found["guard"])
         if found["model"] is not None:
             return cand, found["model"], found["accuracy"], guard, None
@@ -187,8 +187,9 @@ def _with_qat(rm: RunModel, trained: Trained, ptq: Int8Job, ptq_acc: EvalResult)
     return _Candidate(job, q, prep_model, acc, floats, True), info
 
 
-def _cpu_variant(cand: _Candidate, floats: list[str], out: Path) -> dict[str, Any]:
-    """model.int8-cpu.onnx: the same ranges and float layers in ONNX Runtime's fast CPU layout, measured
+def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """model.int8-cpu.onnx: the same ranges and float layers (``stem``, and ``trt_layers`` from
+    model.int8.onnx's guard) in ONNX Runtime's fast CPU layout, measured
     with the kernels edgetl's runtime picks for this CPU. Its errors sit in other layers than the TensorRT
     layout's (uint8 activations, int16-safe weights), so past --max-drop more layers stay in float, taken
     in the guard's sensitivity order, as few as fit and as --min-int8 allows. Each try quantizes again:
@@ -200,6 +201,7 @@ def _cpu_variant(cand: _Candidate, floats: list[str], out: Path) -> dict[str, An
     from ...runtime.onnxruntime import OrtRunner
 
     job, isa = cand.job, int8_isa()
+    floats = stem + [x["name"] for x in trt_layers]
     built: dict[int, tuple[Path, EvalResult, OrtRunner]] = {}
 
     def build(extra: list[str]) -> float:
@@ -219,10 +221,11 @@ def _cpu_variant(cand: _Candidate, floats: list[str], out: Path) -> dict[str, An
     job.log(f"CPU INT8 (u8 activations, s8 weights{', scaled so that no int16 pair can saturate' if safe else ''}, "
             f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if runner.session_config else ''}): "
             f"top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
-    extra: list[str] = []
+    extra: list[dict[str, Any]] = []
     guard: dict[str, Any] = {}
     if drop > job.cfg.max_drop:
-        order = [n for n in (cand.order or rank(job, cand.q, cand.prep_model)[0]) if n not in floats]
+        ranked, gains = cand.ranking or rank(job, cand.q, cand.prep_model)
+        order = [n for n in ranked if n not in floats]
         tried: dict[int, float] = {}
 
         def attempt(k: int) -> bool:
@@ -233,18 +236,19 @@ def _cpu_variant(cand: _Candidate, floats: list[str], out: Path) -> dict[str, An
         k = fewest(most_floats(job, onnx.load(str(q)), order), attempt)
         guard = {"tried": tried}
         if k is not None:
-            extra = order[:k]
             q, acc, runner = built[k]
             drop = tried[k]
-            macs = sum(job.macs.values()) or 1
-            guard["float_layers"] = [{"name": n, "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in extra]
-            names = ", ".join(extra[:3]) + (f" and {k - 3} more" if k > 3 else "")
+            macs, ops = sum(job.macs.values()) or 1, {n.name: n.op_type for n in cand.prep_model.graph.node}
+            extra = [{"name": n, "op": ops[n], "sensitivity_mse": gains[n], "mac_share": round(job.macs.get(n, 0) / macs, 4)}
+                     for n in order[:k]]
+            guard["added"] = order[:k]
+            names = ", ".join(order[:min(k, 3)]) + (f" and {k - 3} more" if k > 3 else "")
             job.log(f"CPU INT8: {k} more layer(s) kept in float ({names})")
 
     info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
                          "ort_session_config": runner.session_config, "int16_safe": int16_safe(q)},
             "int8": int8_share(onnx.load(str(q)), job.macs).to_dict(),
-            "float_layers": floats + extra, "guard": guard, "written": drop <= job.cfg.max_drop}
+            "float_layers": trt_layers + extra, "guard": guard, "written": drop <= job.cfg.max_drop}
     if info["written"]:
         atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
     else:

@@ -86,7 +86,7 @@ def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
 def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
     """Rank quantized layers (``rank``), then float the top k, growing k until the validation drop fits;
     k stops where less than ``min_int8`` of the MACs would stay in INT8. The ranking is returned as
-    ``order`` for the CPU variant, which may need more layers in float than this model."""
+    ``ranking`` (order, gains) for the CPU variant, which may need more layers in float than this model."""
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
@@ -109,7 +109,7 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
         limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
                  f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
         drop = tried[max(tried)] if tried else initial_drop
-        return {"model": None, "guard": info, "order": order,
+        return {"model": None, "guard": info, "ranking": (order, gains),
                 "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
                            f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
                            f"{NEXT_STEPS}"}
@@ -120,7 +120,7 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
     info["float_layers"] = layers
     log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
     log(_float_table(layers))
-    return {"model": model, "accuracy": acc, "guard": info, "order": order}
+    return {"model": model, "accuracy": acc, "guard": info, "ranking": (order, gains)}
 
 
 def _float_table(layers: list[dict[str, Any]]) -> str:
