@@ -96,6 +96,7 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, train
     from ..runtime.onnxruntime import OrtRunner
 
     failures: list[EdgetlError] = []
+    cpu_miss: EdgetlError | None = None
     if cfg.fp16:
         fp16_path = out / "model.fp16.onnx"
         with log.task("converting to FP16"):
@@ -140,6 +141,8 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, train
                                                     accuracy=int8.cpu["accuracy"], int8=int8.cpu["int8"],
                                                     float_layers=int8.cpu["float_layers"], guard=int8.cpu["guard"] or None,
                                                     qat=_qat_used(int8.qat)))
+            elif int8.cpu:  # after the engines, which model.int8.onnx still feeds
+                cpu_miss = EdgetlError(int8.cpu["message"])
         else:
             failures.append(EdgetlError(int8.message))
         _write_manifest(out, manifest)
@@ -147,6 +150,7 @@ def _export(cfg: ExportConfig, rm: RunModel, ds: Any, out: Path, log: Log, train
     if cfg.engine and not failures:
         report.notes.extend(_engines(cfg, out, manifest, ds, rm, log, report.accuracy.get("fp32")))
         _write_manifest(out, manifest)
+    failures += [cpu_miss] if cpu_miss else []
     report.artifacts = manifest["artifacts"]
     if failures:
         report.ok = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,29 @@ NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, 
               "--min-int8 0 to accept a partly float model")
 
 
+def _probe(job: Int8Job) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration images layer sensitivity is ranked on, and their FP32 logits."""
+    from ...runtime.onnxruntime import OrtRunner
+
+    n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
+    probe = job.calib.subset(range(min(n, len(job.calib))))
+    probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
+                                                              workers=0)])
+    return probe, OrtRunner(job.prep, own=True).run(probe)
+
+
+def _ranked(job: Int8Job, task: str, candidates: list[str], error: Callable[[list[str]], float]
+            ) -> tuple[list[str], dict[str, float]]:
+    """``candidates`` by gain, the error ``error([])`` minus ``error([name])``, highest first."""
+    base = error([])
+    gains: dict[str, float] = {}
+    with job.log.task(task, len(candidates)) as tick:
+        for name in candidates:
+            gains[name] = base - error([name])
+            tick()
+    return sorted(candidates, key=lambda n: -gains[n]), gains
+
+
 def rank(job: Int8Job, q: Any, prep_model: Any) -> tuple[list[str], dict[str, float]]:
     """The quantized layers of ``q``, most sensitive first, with each one's gain: how much floating it
     alone brings the simulated INT8 logits back to FP32 on calibration images (one pass, one cheap model
@@ -28,26 +52,30 @@ def rank(job: Int8Job, q: Any, prep_model: Any) -> tuple[list[str], dict[str, fl
     from ...runtime.onnxruntime import OrtRunner
 
     floater = Floater(q, prep_model)
-    n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
-    probe = job.calib.subset(range(min(n, len(job.calib))))
-    probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
-                                                              workers=0)])
-    ref = OrtRunner(job.prep, own=True).run(probe)
+    probe, ref = _probe(job)
 
-    def error(model: Any) -> float:
+    def error(names: list[str]) -> float:
         path = job.work / "probe.onnx"
-        path.write_bytes(model.SerializeToString())
+        path.write_bytes(floater.floated(names).SerializeToString() if names else q.SerializeToString())
         return float(np.mean((OrtRunner(path, own=True, simulate=True, fast=job.fast_rank).run(probe) - ref) ** 2))
 
-    base_err = error(q)
     candidates = quantized_nodes(q)
-    gains: dict[str, float] = {}
-    with job.log.task(f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
-                      f"{len(probe)} images", len(candidates)) as tick:
-        for name in candidates:
-            gains[name] = base_err - error(floater.floated([name]))
-            tick()
-    return sorted(candidates, key=lambda n: -gains[n]), gains
+    return _ranked(job, f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
+                        f"{len(probe)} images", candidates, error)
+
+
+def rank_kernels(job: Int8Job, build: Callable[[list[str]], Path], candidates: list[str]
+                 ) -> tuple[list[str], dict[str, float]]:
+    """``rank`` for a layout the Floater cannot rewire (the CPU layout, whose Clips are folded into its
+    ranges) and whose error is the kernels' as much as the ranges': each candidate floated alone by
+    quantizing again (``build(extra float layers) -> file``), its logits from the kernels edgetl's
+    runtime runs that file with. One quantization per layer (about 1 s for Lite0)."""
+    from ...runtime.onnxruntime import OrtRunner
+
+    probe, ref = _probe(job)
+    return _ranked(job, f"CPU INT8: ranking the sensitivity of {len(candidates)} layers on {len(probe)} images with "
+                        "this CPU's kernels", candidates,
+                   lambda names: float(np.mean((OrtRunner(build(names), own=True).run(probe) - ref) ** 2)))
 
 
 def most_floats(job: Int8Job, model: Any, order: list[str]) -> int:
@@ -85,8 +113,7 @@ def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
 
 def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
     """Rank quantized layers (``rank``), then float the top k, growing k until the validation drop fits;
-    k stops where less than ``min_int8`` of the MACs would stay in INT8. The ranking is returned as
-    ``ranking`` (order, gains) for the CPU variant, which may need more layers in float than this model."""
+    k stops where less than ``min_int8`` of the MACs would stay in INT8."""
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
@@ -109,7 +136,7 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
         limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
                  f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
         drop = tried[max(tried)] if tried else initial_drop
-        return {"model": None, "guard": info, "ranking": (order, gains),
+        return {"model": None, "guard": info,
                 "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
                            f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
                            f"{NEXT_STEPS}"}
@@ -119,11 +146,11 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
                "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in order[:hi]]
     info["float_layers"] = layers
     log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
-    log(_float_table(layers))
-    return {"model": model, "accuracy": acc, "guard": info, "ranking": (order, gains)}
+    log(float_table(layers))
+    return {"model": model, "accuracy": acc, "guard": info}
 
 
-def _float_table(layers: list[dict[str, Any]]) -> str:
+def float_table(layers: list[dict[str, Any]]) -> str:
     """The floated layers as a short aligned table: what each costs in MACs and what it bought."""
     width = min(48, max(len(x["name"]) for x in layers))
     lines = [f"  {'layer':<{width}}  {'op':<14} {'MACs':>6}  {'sensitivity (logit MSE gain)':>28}"]
