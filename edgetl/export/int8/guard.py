@@ -45,13 +45,12 @@ def _ranked(job: Int8Job, task: str, candidates: list[str], error: Callable[[lis
     return sorted(candidates, key=lambda n: -gains[n]), gains
 
 
-def rank(job: Int8Job, q: Any, prep_model: Any) -> tuple[list[str], dict[str, float]]:
+def rank(job: Int8Job, q: Any, floater: Floater) -> tuple[list[str], dict[str, float]]:
     """The quantized layers of ``q``, most sensitive first, with each one's gain: how much floating it
-    alone brings the simulated INT8 logits back to FP32 on calibration images (one pass, one cheap model
-    copy per layer)."""
+    alone (``floater``, one cheap model copy per layer) brings the simulated INT8 logits back to FP32
+    on calibration images."""
     from ...runtime.onnxruntime import OrtRunner
 
-    floater = Floater(q, prep_model)
     probe, ref = _probe(job)
 
     def error(names: list[str]) -> float:
@@ -117,7 +116,7 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
-    order, gains = rank(job, q, prep_model)
+    order, gains = rank(job, q, floater)
     k_max = most_floats(job, q, order)
     tried: dict[int, float] = {}
     results: dict[int, tuple[Any, EvalResult]] = {}
