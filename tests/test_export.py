@@ -359,39 +359,41 @@ def test_int16_safe_scales_keep_every_pair_within_int16_and_full_8_bits_where_pa
 
 
 def test_cpu_guard_ranking_finds_a_broken_layer_on_this_cpus_kernels(tiny_export: Path, tmp_path: Path) -> None:
-    """The CPU file's guard ranks layers on its own layout and kernels: a layer whose INT8 weights are
-    zeroed in every build that keeps it quantized comes first, far ahead of the rest."""
+    """The CPU file's guard ranks layers on its own layout and kernels: floating a layer in place gives
+    the logits of quantizing with that layer left out, and a layer whose INT8 weights are zeroed comes
+    first, far ahead of the rest."""
     from edgetl.data.sources import run_data
     from edgetl.evaluate import load_run_model
     from edgetl.export.int8.calibrate import calibration_split, prepare
     from edgetl.export.int8.guard import rank_kernels
     from edgetl.export.int8.job import Int8Job, ValFeed
-    from edgetl.export.int8.qdq import int8_share, layer_macs, quantize, stem_nodes
+    from edgetl.export.int8.qdq import Floater, int8_share, layer_macs, quantize, stem_nodes
     from edgetl.progress import Log
 
     rm, export_dir = load_run_model(tiny_export), tiny_export / "export"
     ds = run_data(rm.run)
     prep = prepare(export_dir / "model.onnx", tmp_path)
-    cache, stem = export_dir / "calib.cache", stem_nodes(prep)
+    prep_model, cache, stem = onnx.load(str(prep)), export_dir / "calib.cache", stem_nodes(prep)
     cfg = ExportConfig(run=str(tiny_export))
     job = Int8Job(prep, tmp_path, cache, cfg, calibration_split(ds, None, 64), ValFeed(ds.val, rm.preprocess, 10),
-                  None, layer_macs(onnx.load(str(prep))), Log())  # type: ignore[arg-type]
+                  None, layer_macs(prep_model), Log())  # type: ignore[arg-type]
     quantize(prep, tmp_path / "all.onnx", cache, cfg.calib_method, stem, cpu=True)
-    layers = list(int8_share(onnx.load(str(tmp_path / "all.onnx")), job.macs).int8_names)
+    q = onnx.load(str(tmp_path / "all.onnx"))
+    layers = list(int8_share(q, job.macs).int8_names)
     broken = layers[len(layers) // 2]
 
-    def build(names: list[str]) -> Path:
-        dst = tmp_path / "probe-q.onnx"
-        quantize(prep, dst, cache, cfg.calib_method, stem + names, cpu=True)
-        if broken not in names:
-            m = onnx.load(str(dst))
-            node = next(n for n in m.graph.node if n.name == broken)
-            dq = next(n for n in m.graph.node if n.output[0] == node.input[1])
-            w = next(t for t in m.graph.initializer if t.name == dq.input[0])
-            w.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(w)), w.name))
-            onnx.save(m, str(dst))
-        return dst
+    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    quantize(prep, tmp_path / "left-out.onnx", cache, cfg.calib_method, stem + [broken], cpu=True)
+    (tmp_path / "in-place.onnx").write_bytes(Floater(q, prep_model, in_place=True).floated([broken]).SerializeToString())
+    in_place, left_out = (OrtRunner(tmp_path / f).run(x) for f in ("in-place.onnx", "left-out.onnx"))
+    step = float(onnx.numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == next(
+        n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == q.graph.output[0].name).input[1])))
+    assert np.abs(in_place - left_out).max() <= 1.01 * step  # the same but for one rounding of the INT8 logits
 
-    order, gains = rank_kernels(job, build, layers)
+    node = next(n for n in q.graph.node if n.name == broken)
+    dq = next(n for n in q.graph.node if n.output[0] == node.input[1])
+    w = next(t for t in q.graph.initializer if t.name == dq.input[0])
+    w.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(w)), w.name))
+    order, gains = rank_kernels(job, Floater(q, prep_model, in_place=True), layers)
     assert order[0] == broken and sorted(order) == sorted(layers)
     assert gains[broken] > 3 * max(abs(gains[n]) for n in order[1:]), gains

@@ -24,7 +24,7 @@ from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_spl
 from .guard import NEXT_STEPS, fewest, float_table, most_floats, rank_kernels, run_guard
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
 from .qat import Trained
-from .qdq import QUANT_SETTINGS, int8_share, layer_macs, quantize, stem_nodes
+from .qdq import QUANT_SETTINGS, Floater, int8_share, layer_macs, quantize, stem_nodes
 
 
 def build_int8(rm: RunModel, ds: DataSet, onnx_path: Path, out: Path, cfg: ExportConfig, fp32_acc: EvalResult,
@@ -201,17 +201,13 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
     floats = stem + [x["name"] for x in trt_layers]
     built: dict[int, tuple[Path, EvalResult, OrtRunner]] = {}
 
-    def quantized(extra: list[str], name: str, correct: bool = True) -> Path:
-        q = job.work / name
+    def build(extra: list[str]) -> float:
+        q = job.work / f"cpu-{len(extra)}.onnx"
         quantize(job.prep, q, job.cpu_cache or job.cache, job.cfg.calib_method, floats + extra, cpu=True)
-        if correct and job.cfg.bias_correction:
+        if job.cfg.bias_correction:
             model = onnx.load(str(q))
             correct_biases(job, model, onnx.load(str(job.prep)))
             q.write_bytes(model.SerializeToString())
-        return q
-
-    def build(extra: list[str]) -> float:
-        q = quantized(extra, f"cpu-{len(extra)}.onnx")
         runner = OrtRunner(q, own=True)
         built[len(extra)] = q, job.val.evaluate(runner), runner
         return job.fp32.top1 - built[len(extra)][1].top1
@@ -225,9 +221,11 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
     extra: list[dict[str, Any]] = []
     guard: dict[str, Any] = {}
     if drop > job.cfg.max_drop:
-        # bias correction left out of the ranking: 5-20 s per layer; on the demo it left the top-1 as it was
-        order, gains = rank_kernels(job, lambda names: quantized(names, "cpu-probe.onnx", correct=False),
-                                    list(int8_share(onnx.load(str(q)), job.macs).int8_names))
+        # ranked before bias correction, which tunes each bias to the INT8 layers before it
+        quantize(job.prep, job.work / "cpu-rank.onnx", job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
+        model = onnx.load(str(job.work / "cpu-rank.onnx"))
+        order, gains = rank_kernels(job, Floater(model, cand.prep_model, in_place=True),
+                                    list(int8_share(model, job.macs).int8_names))
         tried: dict[int, float] = {}
 
         def attempt(k: int) -> bool:
@@ -254,7 +252,9 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
     if info["written"]:
         atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
     else:
+        tried = guard.get("tried") or {0: drop}
         info["message"] = (f"model.int8-cpu.onnx misses the --max-drop {job.cfg.max_drop:g} budget on this CPU's "
-                           f"kernels ({isa}): a drop of {drop:.2f} points even with the most layers --min-int8 lets "
-                           f"float; not written, the other artifacts are kept. {NEXT_STEPS}")
+                           f"kernels ({isa}): a drop of {tried[max(tried)]:.2f} points with {max(tried)} more layer(s) "
+                           f"in float, the most --min-int8 allows; not written, the other artifacts are kept. "
+                           f"{NEXT_STEPS}")
     return info

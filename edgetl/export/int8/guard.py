@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,18 +62,21 @@ def rank(job: Int8Job, q: Any, floater: Floater) -> tuple[list[str], dict[str, f
                         f"{len(probe)} images", candidates, error)
 
 
-def rank_kernels(job: Int8Job, build: Callable[[list[str]], Path], candidates: list[str]
-                 ) -> tuple[list[str], dict[str, float]]:
-    """``rank`` for a layout the Floater cannot rewire (the CPU layout, whose Clips are folded into its
-    ranges) and whose error is the kernels' as much as the ranges': each candidate floated alone by
-    quantizing again (``build(extra float layers) -> file``), its logits from the kernels edgetl's
-    runtime runs that file with. One quantization per layer (about 1 s for Lite0)."""
+def rank_kernels(job: Int8Job, floater: Floater, candidates: list[str]) -> tuple[list[str], dict[str, float]]:
+    """``rank`` for the CPU layout, whose error is its fused integer kernels' as much as its ranges':
+    each candidate floated alone in place (``floater``, built with ``in_place``), its logits from the
+    kernels edgetl's runtime runs that file with on this CPU."""
     from ...runtime.onnxruntime import OrtRunner
 
     probe, ref = _probe(job)
+    path = job.work / "probe-cpu.onnx"
+
+    def error(names: list[str]) -> float:
+        path.write_bytes(floater.floated(names).SerializeToString())
+        return float(np.mean((OrtRunner(path, own=True).run(probe) - ref) ** 2))
+
     return _ranked(job, f"CPU INT8: ranking the sensitivity of {len(candidates)} layers on {len(probe)} images with "
-                        "this CPU's kernels", candidates,
-                   lambda names: float(np.mean((OrtRunner(build(names), own=True).run(probe) - ref) ** 2)))
+                        "this CPU's kernels", candidates, error)
 
 
 def most_floats(job: Int8Job, model: Any, order: list[str]) -> int:

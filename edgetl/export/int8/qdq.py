@@ -172,11 +172,15 @@ def int8_share(model: Any, macs: dict[str, int]) -> Int8Share:
 
 
 class Floater:
-    """Copies of a Q/DQ model with chosen nodes back in float, by rewiring their inputs to the float
-    tensors of the prepared model: milliseconds, where a quantize_static call per guess took seconds."""
+    """Copies of a Q/DQ model with chosen nodes back in float, by rewiring their inputs to float
+    tensors: milliseconds, where a quantize_static call per guess took seconds. By default the inputs
+    are the prepared model's own tensors (the TensorRT layout keeps its names). ``in_place`` rewires
+    each input read through a DequantizeLinear to what was quantized, in this graph (activations) or
+    from the prepared model (weights, biases): the CPU layout renames tensors where it folds a Clip
+    into the range before it, and its output Q/DQ still clamps as the Clip did."""
 
-    def __init__(self, q: Any, prep: Any) -> None:
-        self.q = q
+    def __init__(self, q: Any, prep: Any, in_place: bool = False) -> None:
+        self.q, self.in_place = q, in_place
         self.nodes = {n.name: n for n in prep.graph.node}
         self.inits = {t.name: t for t in prep.graph.initializer}
 
@@ -186,18 +190,64 @@ class Floater:
         m = onnx.ModelProto()
         m.CopyFrom(self.q)
         have = {t.name for t in m.graph.initializer}
-        wanted = set(names)
+        made = {o: n for n in m.graph.node for o in n.output}
+        rewire = self._in_place if self.in_place else self._to_prep
+        nodes = []
         for node in m.graph.node:
-            if node.name in wanted:
-                orig = self.nodes[node.name]
-                del node.input[:]
-                node.input.extend(orig.input)
-                for i in orig.input:
-                    if i in self.inits and i not in have:
-                        m.graph.initializer.append(self.inits[i])
-                        have.add(i)
+            if node.name in names:
+                nodes += rewire(m.graph, node, self.nodes[node.name], have, made)
+            nodes.append(node)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
         _prune(m.graph)
         return m
+
+    def _to_prep(self, g: Any, node: Any, orig: Any, have: set[str], made: dict[str, Any]) -> list[Any]:
+        del node.input[:]
+        node.input.extend(orig.input)
+        for i in orig.input:
+            if i in self.inits and i not in have:
+                g.initializer.append(self.inits[i])
+                have.add(i)
+        return []
+
+    def _in_place(self, g: Any, node: Any, orig: Any, have: set[str], made: dict[str, Any]) -> list[Any]:
+        """Rewires ``node``; returns the Clip nodes that must run before it."""
+        import onnx
+
+        clips = []
+        for k, i in enumerate(list(node.input)):
+            dq = made.get(i)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            if dq.input[0] not in have:  # an activation: the tensor its QuantizeLinear read, clamped as it was
+                clips.append(_clamp(g, made[dq.input[0]], f"{node.name}/input{k}"))
+                node.input[k] = clips[-1].output[0]
+                continue
+            name = node.input[k] = f"{orig.input[k]}/float"  # the DQ may output the float tensor's name
+            if name not in have:
+                t = onnx.TensorProto()
+                t.CopyFrom(self.inits[orig.input[k]])
+                t.name = name
+                g.initializer.append(t)
+                have.add(name)
+        return clips
+
+
+def _clamp(g: Any, quant: Any, name: str) -> Any:
+    """A Clip node of the input of QuantizeLinear ``quant`` to the range it quantizes to (its
+    initializers added to ``g``): where the CPU layout folded a Relu or Clip into that range, the
+    clamp is all that is left of it."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in g.initializer}
+    scale = float(numpy_helper.to_array(inits[quant.input[1]]))
+    zp = numpy_helper.to_array(inits[quant.input[2]])
+    info = np.iinfo(zp.dtype)
+    lo, hi = ((np.float32((b - int(zp)) * scale)) for b in (info.min, info.max))
+    g.initializer.extend([numpy_helper.from_array(np.array(lo, np.float32), f"{name}/lo"),
+                          numpy_helper.from_array(np.array(hi, np.float32), f"{name}/hi")])
+    return helper.make_node("Clip", [quant.input[0], f"{name}/lo", f"{name}/hi"], [name], name=f"{name}/clip")
 
 
 def _prune(g: Any) -> None:
