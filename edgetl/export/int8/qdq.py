@@ -175,9 +175,10 @@ class Floater:
     """Copies of a Q/DQ model with chosen nodes back in float, by rewiring their inputs to float
     tensors: milliseconds, where a quantize_static call per guess took seconds. By default the inputs
     are the prepared model's own tensors (the TensorRT layout keeps its names). ``in_place`` rewires
-    each input read through a DequantizeLinear to what was quantized, in this graph (activations) or
-    from the prepared model (weights, biases): the CPU layout renames tensors where it folds a Clip
-    into the range before it, and its output Q/DQ still clamps as the Clip did."""
+    each input read through a DequantizeLinear to what was quantized: an activation to its
+    QuantizeLinear's input in this graph, clamped to that range (``_clamp``), and a weight or bias to
+    the prepared model's. The CPU layout needs this, because it renames tensors where it folds a Relu
+    or Clip into the range of the QuantizeLinear after it."""
 
     def __init__(self, q: Any, prep: Any, in_place: bool = False) -> None:
         self.q, self.in_place = q, in_place
