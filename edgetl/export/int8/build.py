@@ -233,7 +233,7 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
             job.log(f"  CPU INT8 with {k} more layer(s) in float: top-1 {built[k][1].top1:.2f}% (drop {tried[k]:+.2f})")
             return tried[k] <= job.cfg.max_drop
 
-        k = fewest(most_floats(job, onnx.load(str(q)), order), attempt)
+        k = fewest(most_floats(job, model, order), attempt)
         guard = {"tried": tried}
         if k is not None:
             q, acc, runner = built[k]
@@ -252,9 +252,9 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
     if info["written"]:
         atomic_write_bytes(out / "model.int8-cpu.onnx", q.read_bytes())
     else:
-        tried = guard.get("tried") or {0: drop}
+        drops = guard.get("tried") or {0: drop}  # by count of extra float layers; none where none could float
         info["message"] = (f"model.int8-cpu.onnx misses the --max-drop {job.cfg.max_drop:g} budget on this CPU's "
-                           f"kernels ({isa}): a drop of {tried[max(tried)]:.2f} points with {max(tried)} more layer(s) "
+                           f"kernels ({isa}): a drop of {drops[max(drops)]:.2f} points with {max(drops)} more layer(s) "
                            f"in float, the most --min-int8 allows; not written, the other artifacts are kept. "
                            f"{NEXT_STEPS}")
     return info
