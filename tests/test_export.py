@@ -365,7 +365,7 @@ def test_cpu_guard_ranking_finds_a_broken_layer_on_this_cpus_kernels(tiny_export
     from edgetl.data.sources import run_data
     from edgetl.evaluate import load_run_model
     from edgetl.export.int8.calibrate import calibration_split, prepare
-    from edgetl.export.int8.guard import rank_kernels
+    from edgetl.export.int8.guard import rank
     from edgetl.export.int8.job import Int8Job, ValFeed
     from edgetl.export.int8.qdq import Floater, int8_share, layer_macs, quantize, stem_nodes
     from edgetl.progress import Log
@@ -394,6 +394,6 @@ def test_cpu_guard_ranking_finds_a_broken_layer_on_this_cpus_kernels(tiny_export
     dq = next(n for n in q.graph.node if n.output[0] == node.input[1])
     w = next(t for t in q.graph.initializer if t.name == dq.input[0])
     w.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(w)), w.name))
-    order, gains = rank_kernels(job, Floater(q, prep_model, in_place=True), layers)
+    order, gains = rank(job, Floater(q, prep_model, in_place=True), layers, kernels=True)
     assert order[0] == broken and sorted(order) == sorted(layers)
     assert gains[broken] > 3 * max(abs(gains[n]) for n in order[1:]), gains

@@ -21,7 +21,7 @@ from ..config import ExportConfig
 from . import qat
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
-from .guard import NEXT_STEPS, fewest, float_table, most_floats, rank_kernels, run_guard
+from .guard import NEXT_STEPS, fewest, float_records, float_table, most_floats, rank, run_guard
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
 from .qat import Trained
 from .qdq import QUANT_SETTINGS, Floater, int8_share, layer_macs, quantize, stem_nodes
@@ -190,7 +190,7 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
     model.int8.onnx's guard) in ONNX Runtime's fast CPU layout, measured
     with the kernels edgetl's runtime picks for this CPU. Its errors sit in other layers than the TensorRT
     layout's (uint8 activations, int16-safe weights, fused integer kernels), so past --max-drop more
-    layers stay in float: ranked on this layout with this CPU's kernels (``rank_kernels``), as few as fit
+    layers stay in float: ranked on this layout with this CPU's kernels (``rank``), as few as fit
     and as --min-int8 allows. Written only when its drop is within the budget."""
     import onnx
 
@@ -224,8 +224,8 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         # ranked before bias correction, which tunes each bias to the INT8 layers before it
         quantize(job.prep, job.work / "cpu-rank.onnx", job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
         model = onnx.load(str(job.work / "cpu-rank.onnx"))
-        order, gains = rank_kernels(job, Floater(model, cand.prep_model, in_place=True),
-                                    list(int8_share(model, job.macs).int8_names))
+        floater = Floater(model, cand.prep_model, in_place=True)
+        order, gains = rank(job, floater, list(int8_share(model, job.macs).int8_names), kernels=True)
         tried: dict[int, float] = {}
 
         def attempt(k: int) -> bool:
@@ -238,9 +238,7 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         if k is not None:
             q, acc, runner = built[k]
             drop = tried[k]
-            macs, ops = sum(job.macs.values()) or 1, {n.name: n.op_type for n in cand.prep_model.graph.node}
-            extra = [{"name": n, "op": ops[n], "sensitivity_mse": gains[n], "mac_share": round(job.macs.get(n, 0) / macs, 4)}
-                     for n in order[:k]]
+            extra = float_records(job, floater, order[:k], gains)
             guard["added"] = order[:k]
             job.log(f"CPU INT8: {k} more layer(s) kept in float")
             job.log(float_table(extra))

@@ -21,22 +21,31 @@ NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, 
               "--min-int8 0 to accept a partly float model")
 
 
-def _probe(job: Int8Job) -> tuple[np.ndarray, np.ndarray]:
-    """The calibration images layer sensitivity is ranked on, and their FP32 logits."""
+def rank(job: Int8Job, floater: Floater, candidates: list[str], kernels: bool = False
+         ) -> tuple[list[str], dict[str, float]]:
+    """``candidates``, most sensitive first, with each one's gain: how much floating it alone
+    (``floater``, one cheap model copy per layer) brings the INT8 logits back to FP32 on calibration
+    images. The TensorRT layout runs in float simulation; the CPU layout (``kernels``, a Floater built
+    with ``in_place``) on the kernels edgetl's runtime runs it with on this CPU, whose fused integer
+    rounding is as much of its error as its ranges."""
     from ...runtime.onnxruntime import OrtRunner
 
     n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
     probe = job.calib.subset(range(min(n, len(job.calib))))
     probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
                                                               workers=0)])
-    return probe, OrtRunner(job.prep, own=True).run(probe)
+    ref = OrtRunner(job.prep, own=True).run(probe)
+    path = job.work / "probe.onnx"
 
+    def error(names: list[str]) -> float:
+        path.write_bytes(floater.floated(names).SerializeToString())
+        runner = OrtRunner(path, own=True) if kernels else OrtRunner(path, own=True, simulate=True, fast=job.fast_rank)
+        return float(np.mean((runner.run(probe) - ref) ** 2))
 
-def _ranked(job: Int8Job, task: str, candidates: list[str], error: Callable[[list[str]], float]
-            ) -> tuple[list[str], dict[str, float]]:
-    """``candidates`` by gain, the error ``error([])`` minus ``error([name])``, highest first."""
     base = error([])
     gains: dict[str, float] = {}
+    task = f"ranking the sensitivity of {len(candidates)} quantized layers on {len(probe)} images"
+    task = f"CPU INT8: {task} with this CPU's kernels" if kernels else f"accuracy guard: {task}"
     with job.log.task(task, len(candidates)) as tick:
         for name in candidates:
             gains[name] = base - error([name])
@@ -44,39 +53,11 @@ def _ranked(job: Int8Job, task: str, candidates: list[str], error: Callable[[lis
     return sorted(candidates, key=lambda n: -gains[n]), gains
 
 
-def rank(job: Int8Job, q: Any, floater: Floater) -> tuple[list[str], dict[str, float]]:
-    """The quantized layers of ``q``, most sensitive first, with each one's gain: how much floating it
-    alone (``floater``, one cheap model copy per layer) brings the simulated INT8 logits back to FP32
-    on calibration images."""
-    from ...runtime.onnxruntime import OrtRunner
-
-    probe, ref = _probe(job)
-
-    def error(names: list[str]) -> float:
-        path = job.work / "probe.onnx"
-        path.write_bytes(floater.floated(names).SerializeToString() if names else q.SerializeToString())
-        return float(np.mean((OrtRunner(path, own=True, simulate=True, fast=job.fast_rank).run(probe) - ref) ** 2))
-
-    candidates = quantized_nodes(q)
-    return _ranked(job, f"accuracy guard: ranking the sensitivity of {len(candidates)} quantized layers on "
-                        f"{len(probe)} images", candidates, error)
-
-
-def rank_kernels(job: Int8Job, floater: Floater, candidates: list[str]) -> tuple[list[str], dict[str, float]]:
-    """``rank`` for the CPU layout, whose error is its fused integer kernels' as much as its ranges':
-    each candidate floated alone in place (``floater``, built with ``in_place``), its logits from the
-    kernels edgetl's runtime runs that file with on this CPU."""
-    from ...runtime.onnxruntime import OrtRunner
-
-    probe, ref = _probe(job)
-    path = job.work / "probe-cpu.onnx"
-
-    def error(names: list[str]) -> float:
-        path.write_bytes(floater.floated(names).SerializeToString())
-        return float(np.mean((OrtRunner(path, own=True).run(probe) - ref) ** 2))
-
-    return _ranked(job, f"CPU INT8: ranking the sensitivity of {len(candidates)} layers on {len(probe)} images with "
-                        "this CPU's kernels", candidates, error)
+def float_records(job: Int8Job, floater: Floater, names: list[str], gains: dict[str, float]) -> list[dict[str, Any]]:
+    """The manifest's ``float_layers`` entries of ``names``: op, sensitivity and share of the MACs."""
+    macs = sum(job.macs.values()) or 1
+    return [{"name": n, "op": floater.nodes[n].op_type, "sensitivity_mse": gains[n],
+             "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in names]
 
 
 def most_floats(job: Int8Job, model: Any, order: list[str]) -> int:
@@ -113,12 +94,12 @@ def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
 
 
 def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
-    """Rank quantized layers (``rank``), then float the top k, growing k until the validation drop fits;
+    """Rank quantized layers (``rank``, simulated), then float the top k, growing k until the validation drop fits;
     k stops where less than ``min_int8`` of the MACs would stay in INT8."""
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
-    order, gains = rank(job, q, floater)
+    order, gains = rank(job, floater, quantized_nodes(q))
     k_max = most_floats(job, q, order)
     tried: dict[int, float] = {}
     results: dict[int, tuple[Any, EvalResult]] = {}
@@ -142,9 +123,7 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
                            f"{drop:.2f} points; no model.int8.onnx written, the other artifacts are kept. "
                            f"{NEXT_STEPS}"}
     model, acc = results[hi]
-    macs = sum(job.macs.values()) or 1
-    layers = [{"name": n, "op": floater.nodes[n].op_type, "sensitivity_mse": gains[n],
-               "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in order[:hi]]
+    layers = float_records(job, floater, order[:hi], gains)
     info["float_layers"] = layers
     log(f"accuracy guard: {hi} layer(s) kept in float after {info['seconds']:.0f} s")
     log(float_table(layers))
