@@ -240,3 +240,70 @@ def test_isa_override_reaches_doctor_and_a_bad_one_is_a_usage_error() -> None:
     r = subprocess.run([sys.executable, "-m", "edgetl", "doctor"], capture_output=True, text=True,
                        env={**env, "EDGETL_INT8_ISA": "avx3"})
     assert r.returncode == 2 and "EDGETL_INT8_ISA='avx3'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_emulated_avx2_matmul_weights_of_the_cpu_layout_are_int16_safe(avx2_emulator: list[str], tmp_path: Path) -> None:
+    """A channels-last Linear (ConvNeXt's blocks) exports as MatMul: the CPU layout gives its weights
+    int16-safe scales as it does a Conv's, so plain ONNX Runtime on an AVX2-only EPYC (QEMU) computes it
+    exactly, where the same weights at plain max|w|/127 scales saturate there."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from torch import nn
+
+    from edgetl.data.sources import Split
+    from edgetl.export.int8.calibrate import calibrate, prepare
+    from edgetl.export.int8.qdq import quantize
+    from edgetl.export.onnx import export_onnx
+    from edgetl.fileio import atomic_write_json
+    from edgetl.runtime.numerics import SAFE_KERNEL_CONFIG, int16_safe
+
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.mlp = nn.Conv2d(3, 32, 1), nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x)).permute(0, 2, 3, 1)
+            return self.mlp(y).mean((1, 2))
+
+    torch.manual_seed(0)
+    net = ChannelsLast().eval()
+    with torch.no_grad():  # all-positive weights and bright images: large activations, same-sign pairs
+        net.conv.weight.uniform_(0.1, 0.3)
+        net.conv.bias.zero_()
+        net.mlp.weight.uniform_(0.2, 1.0)
+    export_onnx(net, tmp_path / "m.onnx", 8, 17)
+    prep = prepare(tmp_path / "m.onnx", tmp_path)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(240, 256, (8, 8, 3), dtype=np.uint8) for _ in range(8)]
+    split = Split(images, [0] * 8)
+    pre = Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3)
+    atomic_write_json(tmp_path / "calib.cache", calibrate(prep, split, pre, "minmax", tmp_path))
+    safe = tmp_path / "safe.onnx"
+    quantize(prep, safe, tmp_path / "calib.cache", "minmax", [], cpu=True)
+    assert int16_safe(safe)
+
+    model = onnx.load(str(safe))  # the same file with the MatMul's weights at plain 8-bit scales
+    inits = {t.name: t for t in model.graph.initializer}
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMul")
+    dq = next(n for n in model.graph.node if n.output[0] == matmul.input[1])
+    w = net.mlp.weight.detach().numpy().T  # K x N, as the MatMul reads it
+    scale = np.abs(w).max(axis=0) / 127
+    inits[dq.input[0]].CopyFrom(numpy_helper.from_array(np.rint(w / scale).astype(np.int8), dq.input[0]))
+    inits[dq.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), dq.input[1]))
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, str(plain))
+    assert not int16_safe(plain)
+
+    x = np.stack([((im / 255 - 0.5) / 0.5).transpose(2, 0, 1) for im in images[:4]]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(safe), str(plain)))
+    options = ort.SessionOptions()  # integer kernels that cannot saturate on any host: the exact answer
+    for key, value in SAFE_KERNEL_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    errors = {}
+    for path in (safe, plain):
+        exact = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        errors[path.name] = np.abs(np.array(got[str(path)]["plain"]) - exact).max() / np.abs(exact).max()
+    assert errors["safe.onnx"] < 1e-5 and errors["plain.onnx"] > 0.05, errors  # 0.05: a dozen output steps

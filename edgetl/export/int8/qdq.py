@@ -45,8 +45,8 @@ def quantize(prep: Path, dst: Path, cache: Path, method: str, exclude: list[str]
 
 def int16_safe_overrides(graph: Any) -> dict[str, list[dict[str, Any]]]:
     """quantize_static's per-channel weight scales for the CPU layout: ``int16_safe_scales`` of every
-    Conv and Gemm weight that ONNX Runtime's x86 kernels pair in int16 (MatMul weights keep the default
-    and, where they could saturate, the runtime's overflow-safe setting)."""
+    Conv, Gemm and 2-D MatMul weight that ONNX Runtime's x86 kernels pair in int16 (a batched MatMul
+    weight keeps the default and, where it could saturate, the runtime's overflow-safe setting)."""
     from onnx import numpy_helper
 
     from ...runtime.numerics import k_rows, paired_weights
@@ -54,10 +54,10 @@ def int16_safe_overrides(graph: Any) -> dict[str, list[dict[str, Any]]]:
     inits = {t.name: t for t in graph.initializer}
     overrides = {}
     for name, op in paired_weights(graph).items():
-        if op == "MatMul":
+        if op == "MatMul" and len(inits[name].dims) != 2:
             continue
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
-        axis = 1 if op == "Gemm" else 0  # the output channel: Gemm without transB holds weights as K x N
+        axis = 1 if op in ("Gemm", "MatMul") else 0  # the output channel: K x N weights hold it in axis 1
         overrides[name] = [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)}
                            for s in int16_safe_scales(k_rows(w, op))]
     return overrides
