@@ -108,3 +108,21 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(DataError, match="bomb.png: image too large"):
         load_rgb(p)
+
+
+def test_a_calibration_folder_larger_than_calib_size_is_sampled_across_its_classes(tmp_path: Path) -> None:
+    """An ImageFolder lists its images class by class: cutting it at --calib-size (or at the guard's and
+    bias correction's probe size) would calibrate on its first classes only."""
+    from edgetl.data.sources import DataSet, Split
+    from edgetl.export.int8.calibrate import calibration_split
+
+    for c in "abc":
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / c / f"{i}.png")
+    ds = DataSet("x", ["a", "b", "c"], Split([], []), Split([], []))
+    split = calibration_split(ds, str(tmp_path), 6)
+    assert sorted(split.labels) == [0, 0, 1, 1, 2, 2]
+    assert calibration_split(ds, str(tmp_path), 6).items == split.items  # seeded: the same cache key next time
+    assert len(calibration_split(ds, str(tmp_path), 100)) == 30
+    assert sorted(split.sample(3).labels) == [0, 1, 2]

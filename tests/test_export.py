@@ -229,14 +229,16 @@ def test_cpu_int8_variant_uses_uint8_activations_and_weights_no_int16_pair_can_s
 
 def test_bias_correction_shifts_only_biases_and_removes_the_mean_error(tiny_run: Path, tmp_path: Path) -> None:
     """The corrected TensorRT-layout file differs from the uncorrected one in Conv biases alone, and its
-    logits' per-class mean on validation images moves toward FP32's."""
+    logits' per-class mean on validation images moves toward FP32's. (No accuracy guard here: where one
+    of the two misses the budget, the tiny model a CPU trains, it would float a layer.)"""
     from edgetl.data.sources import eval_transform, load_data, make_loader
     from edgetl.images import Preprocess
 
     files = {}
     for corrected in (False, True):
         run = copy_run(tiny_run, tmp_path / f"run-{corrected}")
-        export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, bias_correction=corrected))
+        export(ExportConfig(run=str(run), int8=True, engine=False, calib_size=64, bias_correction=corrected,
+                            max_drop=100))
         files[corrected] = run / "export"
     plain, fixed = (onnx.load(str(files[c] / "model.int8.onnx")) for c in (False, True))
     assert [(n.op_type, list(n.input)) for n in plain.graph.node] == [(n.op_type, list(n.input)) for n in fixed.graph.node]
@@ -285,6 +287,26 @@ def test_every_layer_the_guard_can_float_leaves_a_valid_graph(tmp_path: Path) ->
     assert len(candidates) >= 4
     for name in candidates:
         ort.InferenceSession(floater.floated([name]).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_floating_every_layer_gives_back_the_fp32_model(tiny_export: Path, tmp_path: Path) -> None:
+    """The guard's float layers are the FP32 model's own, biases included (bias correction shifted
+    model.int8.onnx's for INT8 errors), and the logits are never quantized: with every layer floated,
+    the INT8 file computes FP32's logits. Short of that, floating more layers could make it worse."""
+    from edgetl.export.int8.calibrate import prepare
+    from edgetl.export.int8.qdq import Floater, quantized_nodes
+
+    export_dir = tiny_export / "export"
+    prep = prepare(export_dir / "model.onnx", tmp_path)
+    q = onnx.load(str(export_dir / "model.int8.onnx"))
+    made = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert [made[o.name] for o in q.graph.output] == ["Gemm"]
+    floated = Floater(q, onnx.load(str(prep))).floated(quantized_nodes(q))
+    assert not [n for n in floated.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    (tmp_path / "floated.onnx").write_bytes(floated.SerializeToString())
+    x = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    ref = OrtRunner(export_dir / "model.onnx").run(x)
+    np.testing.assert_allclose(OrtRunner(tmp_path / "floated.onnx").run(x), ref, atol=1e-4)
 
 
 def test_guard_search_finds_the_fewest_float_layers_trying_each_count_once() -> None:
@@ -386,9 +408,9 @@ def test_cpu_guard_ranking_finds_a_broken_layer_on_this_cpus_kernels(tiny_export
     quantize(prep, tmp_path / "left-out.onnx", cache, cfg.calib_method, stem + [broken], cpu=True)
     (tmp_path / "in-place.onnx").write_bytes(Floater(q, prep_model, in_place=True).floated([broken]).SerializeToString())
     in_place, left_out = (OrtRunner(tmp_path / f).run(x) for f in ("in-place.onnx", "left-out.onnx"))
-    step = float(onnx.numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == next(
-        n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == q.graph.output[0].name).input[1])))
-    assert np.abs(in_place - left_out).max() <= 1.01 * step  # the same but for one rounding of the INT8 logits
+    logits = json.loads(cache.read_text())["data"][q.graph.output[0].name]  # the logits stay float: their range
+    lo, hi = (float(np.ravel(v["data"] if isinstance(v, dict) else v)[0]) for v in (logits["lowest"], logits["highest"]))
+    assert np.abs(in_place - left_out).max() <= 1.01 * (hi - lo) / 255  # the same but for one INT8 step of the logits
 
     node = next(n for n in q.graph.node if n.name == broken)
     dq = next(n for n in q.graph.node if n.output[0] == node.input[1])

@@ -39,18 +39,20 @@ print(json.dumps(out))
 """
 
 
-def _saturating_conv(path: Path, layout: str, depthwise: bool = False, alternating: bool = False) -> Path:
+def _saturating_conv(path: Path, layout: str, depthwise: bool = False, alternating: bool = False,
+                     multiplier: int = 1) -> Path:
     """A 1x1 convolution in Q/DQ form, 64 input channels, every weight 127: on u8s8 kernels without VNNI
     each pair of products (up to 255 x 127 x 2) overflows vpmaddubsw's int16. ``layout``: tensorrt
     (int8 activations, which ORT shifts to uint8) or cpu (uint8 activations). ``depthwise``: a 3x3
-    depthwise convolution of the same weights instead, which ORT computes with other kernels.
-    ``alternating``: weights +127, -127, ... along the input channels, so each pair's products cancel."""
+    depthwise convolution of the same weights instead, which ORT computes with other kernels, with
+    ``multiplier`` outputs per input channel. ``alternating``: weights +127, -127, ... along the input
+    channels, so each pair's products cancel."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     act, scale = (np.int8, 1 / 127) if layout == "tensorrt" else (np.uint8, 1 / 255)
-    out = 64 if depthwise else 32
-    w = np.full((64, 1, 3, 3) if depthwise else (out, 64, 1, 1), 127, np.int8)
+    out = 64 * multiplier if depthwise else 32
+    w = np.full((out, 1, 3, 3) if depthwise else (out, 64, 1, 1), 127, np.int8)
     if alternating:
         w[:, 1::2] = -127
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
@@ -205,6 +207,25 @@ def test_emulated_avx2_depthwise_int8_does_not_saturate(avx2_emulator: list[str]
     path = _saturating_conv(tmp_path / "dw.onnx", "cpu", depthwise=True)
     got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(path)))[str(path)]
     np.testing.assert_allclose(got["plain"], OrtRunner(path, simulate=True).run(x), atol=0.5)
+
+
+def test_emulated_avx2_depth_multiplier_takes_the_kernels_that_saturate_and_edgetl_knows(
+        avx2_emulator: list[str], tmp_path: Path) -> None:
+    """ORT's int32 depthwise kernels take one output channel per group only: with a depth multiplier of 2
+    the same taps go through the u8s8 GEMM and saturate on plain ORT without VNNI. edgetl counts such
+    weights as paired (not int16-safe, so the CPU layout rescales them) and its runner picks the
+    overflow-safe kernels for this file."""
+    from edgetl.runtime.numerics import SAFE_KERNEL_CONFIG, int16_safe
+
+    x = np.full((1, 64, 4, 4), 0.9, np.float32)
+    np.save(tmp_path / "x.npy", x)
+    path = _saturating_conv(tmp_path / "dw2.onnx", "cpu", depthwise=True, multiplier=2)
+    assert not int16_safe(path)
+    got = json.loads(run_emulated(avx2_emulator, EMULATED_RUNS, str(tmp_path / "x.npy"), str(path)))[str(path)]
+    exact = OrtRunner(path, simulate=True).run(x)
+    assert np.abs(np.array(got["plain"]) - exact).max() > 2, "QEMU did not saturate, so this proves nothing"
+    assert got["config"] == SAFE_KERNEL_CONFIG
+    np.testing.assert_allclose(got["edgetl"], exact, atol=0.5)
 
 
 def test_exported_int8_on_emulated_avx2_agrees_with_the_reported_numerics(

@@ -40,7 +40,7 @@ def demo(
         where, res, classes = evaluate_run(run)
         print_eval(where, res, classes)
         out_console.rule("export")
-        report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, fp16=True, calib_size=256),
+        report = export(ExportConfig(run=str(run), int8=True, int8_cpu=True, fp16=True),
                         log=ConsoleLog(out_console))
         out_console.print(artifact_table(report))
         out_console.rule("bench")

@@ -31,6 +31,11 @@ class Split:
     def subset(self, idx: Sequence[int]) -> Split:
         return Split([self.items[i] for i in idx], [self.labels[i] for i in idx])
 
+    def sample(self, n: int, seed: int = 0) -> Split:
+        """``n`` images in the classes' proportions (all where ``n`` covers them): the first ``n`` of an
+        ImageFolder listing would be its first class or two."""
+        return self if n >= len(self) else self.subset(stratified_sample(self.labels, n, seed))
+
 
 @dataclass
 class DataSet:

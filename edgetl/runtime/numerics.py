@@ -90,7 +90,9 @@ def paired_weights(graph: Any) -> dict[str, str]:
     """The weight initializers (behind DequantizeLinear in a Q/DQ graph) of every Conv but depthwise ones,
     Gemm and MatMul, each with the op that reads it (GemmT: a Gemm with transB). ONNX Runtime's x86
     u8s8 GEMM and convolution kernels add their products in pairs with vpmaddubsw where there is no
-    VNNI, while its depthwise kernels widen to int32 first (MLAS qdwconv_avx2.cpp) and cannot saturate."""
+    VNNI, while its depthwise kernels widen to int32 first (MLAS qdwconv_avx2.cpp) and cannot saturate.
+    Those take only one input and one output channel per group: a depth multiplier of 2 goes through
+    the GEMM (and saturated on the emulated AVX2 EPYC)."""
     inits = {t.name: tuple(t.dims) for t in graph.initializer}
     dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     found = {}
@@ -101,7 +103,7 @@ def paired_weights(graph: Any) -> dict[str, str]:
         if weight not in inits:
             continue
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if n.op_type == "Conv" and group > 1 and inits[weight][1] == 1:  # one input channel per group
+        if n.op_type == "Conv" and 1 < group == inits[weight][0] and inits[weight][1] == 1:  # depthwise
             continue
         trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
         found[weight] = "GemmT" if n.op_type == "Gemm" and trans_b else n.op_type

@@ -21,14 +21,14 @@ def correct_biases(job: Int8Job, q: Any, prep: Any) -> int:
     and the AdaRound/DFQ papers do; correcting every layer at once from one pass diverged). Biases stay
     float, so the Q/DQ shape TensorRT needs is unchanged. Returns the number of layers corrected.
 
-    On cifar10-mini at 96 px it took the TensorRT layout from -0.90 to -0.10 points (RESULTS.md).
+    On cifar10-mini at 96 px it took the TensorRT layout from -0.90 to 0.00 points (RESULTS.md).
     """
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
     n = max(PROBE_MIN_IMAGES, BIAS_PIXELS // job.val.pp.size ** 2)
-    split = job.calib.subset(range(min(n, len(job.calib))))
+    split = job.calib.sample(n)
     x = np.concatenate([b.numpy() for b, _ in make_loader(split, eval_transform(job.val.pp), 64, shuffle=False,
                                                           workers=0)])
     biases = _Biases(q)

@@ -199,7 +199,7 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
 
     job, isa = cand.job, int8_isa()
     floats = stem + [x["name"] for x in trt_layers]
-    built: dict[int, tuple[Path, EvalResult, OrtRunner]] = {}
+    built: dict[int, tuple[Path, EvalResult, dict[str, Any]]] = {}  # by extra float layers: no live sessions
 
     def build(extra: list[str]) -> float:
         q = job.work / f"cpu-{len(extra)}.onnx"
@@ -209,17 +209,19 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
             correct_biases(job, model, onnx.load(str(job.prep)))
             q.write_bytes(model.SerializeToString())
         runner = OrtRunner(q, own=True)
-        built[len(extra)] = q, job.val.evaluate(runner), runner
+        kernels = {"numerics": runner.numerics, "ort_session_config": runner.session_config}
+        built[len(extra)] = q, job.val.evaluate(runner), kernels
         return job.fp32.top1 - built[len(extra)][1].top1
 
     drop = build([])
-    q, acc, runner = built[0]
+    q, acc, kernels = built[0]
     safe = int16_safe(q)
     job.log(f"CPU INT8 (u8 activations, s8 weights{', scaled so that no int16 pair can saturate' if safe else ''}, "
-            f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if runner.session_config else ''}): "
+            f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if kernels['ort_session_config'] else ''}): "
             f"top-1 {acc.top1:.2f}% (drop {drop:+.2f} points)")
     extra: list[dict[str, Any]] = []
     guard: dict[str, Any] = {}
+    limit = "the most --min-int8 allows"
     if drop > job.cfg.max_drop:
         # ranked before bias correction, which tunes each bias to the INT8 layers before it
         quantize(job.prep, job.work / "cpu-rank.onnx", job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
@@ -233,18 +235,20 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
             job.log(f"  CPU INT8 with {k} more layer(s) in float: top-1 {built[k][1].top1:.2f}% (drop {tried[k]:+.2f})")
             return tried[k] <= job.cfg.max_drop
 
-        k = fewest(most_floats(job, model, order), attempt)
+        k_max = most_floats(job, model, order)
+        limit = limit if k_max < len(order) else "every layer it has in INT8"
+        k = fewest(k_max, attempt)
         guard = {"tried": tried}
         if k is not None:
-            q, acc, runner = built[k]
+            q, acc, kernels = built[k]
             drop = tried[k]
             extra = float_records(job, floater, order[:k], gains)
             guard["added"] = order[:k]
             job.log(f"CPU INT8: {k} more layer(s) kept in float")
             job.log(float_table(extra))
 
-    info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": runner.numerics, "isa": isa,
-                         "ort_session_config": runner.session_config, "int16_safe": int16_safe(q)},
+    info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": kernels["numerics"], "isa": isa,
+                         "ort_session_config": kernels["ort_session_config"], "int16_safe": int16_safe(q)},
             "int8": int8_share(onnx.load(str(q)), job.macs).to_dict(),
             "float_layers": trt_layers + extra, "guard": guard, "written": drop <= job.cfg.max_drop}
     if info["written"]:
@@ -253,6 +257,6 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         drops = guard.get("tried") or {0: drop}  # by count of extra float layers; none where none could float
         info["message"] = (f"model.int8-cpu.onnx misses the --max-drop {job.cfg.max_drop:g} budget on this CPU's "
                            f"kernels ({isa}): a drop of {drops[max(drops)]:.2f} points with {max(drops)} more layer(s) "
-                           f"in float, the most --min-int8 allows; not written, the other artifacts are kept. "
+                           f"in float, {limit}; not written, the other artifacts are kept. "
                            f"{NEXT_STEPS}")
     return info

@@ -19,7 +19,7 @@ import numpy as np
 from ... import limits
 from ...choices import CalibMethod, values
 from ...data.check import calibration_listing
-from ...data.sources import DataSet, Split, eval_transform, load_data, make_loader, stratified_sample, without
+from ...data.sources import DataSet, Split, eval_transform, load_data, make_loader, without
 from ...errors import DataError, UsageError
 from ...fileio import atomic_folder, atomic_write_json
 from ...images import Preprocess
@@ -30,8 +30,8 @@ CALIBRATOR_VERSION = 3  # bump when calibrate() changes, so old calib.cache file
 
 
 def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) -> Split:
-    """``--calib DIR`` (an ImageFolder or a flat folder of images) or a seeded, class-stratified
-    sample of ``--calib-size`` training images."""
+    """``--calib DIR`` (an ImageFolder or a flat folder of images) or the run's training images, as a
+    seeded, class-stratified sample of ``--calib-size`` where there are more."""
     if calib:
         root = Path(calib)
         if not root.is_dir():
@@ -45,11 +45,8 @@ def calibration_split(ds: DataSet, calib: str | None, size: int, seed: int = 0) 
         split = Split(listing.files, listing.labels)
         if len(split) == 0:
             raise DataError(f"{root}: no images to calibrate with")
-        return split if len(split) <= size else split.subset(range(size))
-    n = len(ds.train)
-    if size >= n:
-        return ds.train
-    return ds.train.subset(stratified_sample(ds.train.labels, size, seed))
+        return split.sample(size, seed)
+    return ds.train.sample(size, seed)
 
 
 def split_fingerprint(split: Split) -> str:

@@ -31,7 +31,7 @@ def rank(job: Int8Job, floater: Floater, candidates: list[str], kernels: bool = 
     from ...runtime.onnxruntime import OrtRunner
 
     n = max(PROBE_MIN_IMAGES, PROBE_PIXELS // job.val.pp.size ** 2)
-    probe = job.calib.subset(range(min(n, len(job.calib))))
+    probe = job.calib.sample(n)
     probe = np.concatenate([b.numpy() for b, _ in make_loader(probe, eval_transform(job.val.pp), 64, shuffle=False,
                                                               workers=0)])
     ref = OrtRunner(job.prep, own=True).run(probe)
