@@ -25,6 +25,7 @@ import edgetl.export.int8.guard as guard
 from edgetl.data.sources import run_data
 from edgetl.evaluate import evaluate_runner, load_run_model
 from edgetl.export.config import ExportConfig
+from edgetl.progress import Log
 from edgetl.runtime.onnxruntime import OrtRunner
 
 
@@ -45,7 +46,7 @@ def guarded(run: Path, max_drop: float, calib_size: int, reference: bool) -> dic
         build.run_guard = exact
     try:
         t0 = time.perf_counter()
-        result = build.build_int8(rm, ds, out / "model.onnx", Path(out), cfg, fp32, lambda m: None)
+        result = build.build_int8(rm, ds, out / "model.onnx", Path(out), cfg, fp32, Log())
         return {"seconds": time.perf_counter() - t0, "guard": result.guard}
     finally:
         guard.PROBE_PIXELS, guard.PROBE_MIN_IMAGES, build.run_guard = saved

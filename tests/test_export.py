@@ -325,6 +325,24 @@ def test_guard_search_finds_the_fewest_float_layers_trying_each_count_once() -> 
     assert fewest(20, lambda k: False) is None and fewest(0, lambda k: True) is None
 
 
+def test_guard_sends_back_to_int8_each_float_layer_the_budget_does_not_need_the_biggest_first() -> None:
+    """After the prefix search, each floated layer goes back to INT8 where the drop still fits without
+    it, the layers with the most MACs tried first, each once, never leaving nothing in float (that
+    model already failed)."""
+    from edgetl.export.int8.guard import prune
+
+    macs = {"a": 1, "b": 4, "c": 3, "d": 2}
+    asked: list[list[str]] = []
+
+    def fits(rest: list[str], name: str) -> bool:
+        asked.append(rest)
+        return "c" in rest and ("a" in rest or "d" in rest)
+
+    assert prune(["a", "b", "c", "d"], macs, fits) == ["a", "c"]
+    assert asked == [["a", "c", "d"], ["a", "d"], ["a", "c"], ["c"]]
+    assert prune(["a"], macs, fits) == ["a"] and len(asked) == 4
+
+
 def test_cpu_file_floats_its_own_layers_past_the_budget_or_fails_the_export(tiny_run: Path, tmp_path: Path) -> None:
     """Where model.int8-cpu.onnx misses --max-drop on this CPU's kernels with model.int8.onnx's float
     layers, it floats more of its own (listed after those, and under ``guard.added``) and is written
@@ -419,3 +437,104 @@ def test_cpu_guard_ranking_finds_a_broken_layer_on_this_cpus_kernels(tiny_export
     order, gains = rank(job, Floater(q, prep_model, in_place=True), layers, kernels=True)
     assert order[0] == broken and sorted(order) == sorted(layers)
     assert gains[broken] > 3 * max(abs(gains[n]) for n in order[1:]), gains
+
+
+def _bias_setup(run: Path, tmp_path: Path) -> tuple:
+    """What bias correction works with on an exported run: its job, prepared FP32 model, and the
+    images it measures on (drawn as `correct_biases` draws them)."""
+    from edgetl.data.sources import eval_transform, make_loader, run_data
+    from edgetl.evaluate import load_run_model
+    from edgetl.export.int8.bias import BIAS_PIXELS
+    from edgetl.export.int8.calibrate import calibration_split, prepare
+    from edgetl.export.int8.job import PROBE_MIN_IMAGES, Int8Job, ValFeed
+    from edgetl.export.int8.qdq import layer_macs
+    from edgetl.progress import Log
+
+    rm = load_run_model(run)
+    ds = run_data(rm.run)
+    prep = prepare(run / "export" / "model.onnx", tmp_path)
+    prep_model = onnx.load(str(prep))
+    job = Int8Job(prep, tmp_path, run / "export" / "calib.cache", ExportConfig(run=str(run)),
+                  calibration_split(ds, None, 64), ValFeed(ds.val, rm.preprocess, 10), None,  # type: ignore[arg-type]
+                  layer_macs(prep_model), Log())
+    n = max(PROBE_MIN_IMAGES, BIAS_PIXELS // rm.preprocess.size ** 2)
+    x = np.concatenate([b.numpy() for b, _ in make_loader(job.calib.sample(n), eval_transform(rm.preprocess), 64,
+                                                          shuffle=False, workers=0)])
+    return job, prep_model, x
+
+
+def _mean_errors(model: onnx.ModelProto, prep_model: onnx.ModelProto, convs: list, x: np.ndarray) -> list[float]:
+    """Each conv's largest per-channel output-mean error against FP32, relative to FP32's largest
+    channel mean, from the whole graph with every conv's output added (not bias.py's segments), with
+    Q/DQ simulated in float as reported accuracy is."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    def means(m: onnx.ModelProto, names: list[str], simulate: bool) -> list[np.ndarray]:
+        full = onnx.ModelProto()
+        full.CopyFrom(m)
+        full.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
+        opts = ort.SessionOptions()
+        if simulate:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        outs = ort.InferenceSession(full.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+            names, {"input": x})
+        return [o.astype(np.float64).mean(axis=(0, 2, 3)) for o in outs]
+
+    prep_conv = {c.name: c.output[0] for c in prep_model.graph.node if c.op_type == "Conv"}
+    ref = means(prep_model, [prep_conv[c.name] for c in convs], False)
+    got = means(model, [c.output[0] for c in convs], True)
+    return [float(np.abs(m - r).max() / (np.abs(r).max() + 1e-6)) for m, r in zip(got, ref)]
+
+
+def test_guard_corrects_again_the_biases_after_its_float_layers_and_only_those(tiny_export: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Bias correction left each conv's per-channel output mean at FP32's, given the INT8 layers before
+    it. Floating one undoes that for the convs after it; the guard's re-correction from the first float
+    layer on restores it on the same images, and leaves every bias before that layer as it was."""
+    from edgetl.export.int8.bias import correct_biases
+    from edgetl.export.int8.qdq import Floater, quantized_nodes
+
+    job, prep_model, x = _bias_setup(tiny_export, tmp_path)
+    q = onnx.load(str(tiny_export / "export" / "model.int8.onnx"))
+    convs = [n for n in q.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    layers = [n for n in quantized_nodes(q) if n in {c.name for c in convs}]
+    mid = layers[len(layers) // 2]
+    floated = Floater(q, prep_model).floated([mid])
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(floated)
+    first = [c.name for c in convs].index(mid)
+    assert correct_biases(job, fixed, prep_model, [mid]) == len(convs) - first
+
+    err = {name: _mean_errors(model, prep_model, convs[first:], x) for name, model in
+           (("floated", floated), ("fixed", fixed))}
+    assert max(err["fixed"]) < 1e-4, err["fixed"]
+    assert max(err["floated"][1:]) > 100 * max(err["fixed"]), err
+    bias_of = {name: {c.name: onnx.numpy_helper.to_array(next(t for t in model.graph.initializer
+                                                               if t.name == c.input[2]))
+                      for c in model.graph.node if c.op_type == "Conv" and len(c.input) > 2}
+               for name, model in (("floated", floated), ("fixed", fixed))}
+    assert all(np.array_equal(bias_of["floated"][c.name], bias_of["fixed"][c.name]) for c in convs[:first])
+
+
+def test_bias_correction_of_the_cpu_layout_brings_each_conv_to_fp32s_mean(tiny_export: Path,
+                                                                         tmp_path: Path) -> None:
+    """In the CPU layout a bias is int32 behind its own DequantizeLinear, which the correction of the
+    next conv must read again, shifted: after correction every conv's per-channel output mean is
+    FP32's, up to the int32 bias step."""
+    from edgetl.export.int8.bias import correct_biases
+    from edgetl.export.int8.qdq import quantize, stem_nodes
+
+    job, prep_model, x = _bias_setup(tiny_export, tmp_path)
+    quantize(job.prep, tmp_path / "cpu.onnx", job.cache, "minmax", stem_nodes(job.prep), cpu=True)
+    plain = onnx.load(str(tmp_path / "cpu.onnx"))
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(plain)
+    convs = [n for n in plain.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    dq = {n.output[0] for n in plain.graph.node if n.op_type == "DequantizeLinear"}
+    assert sum(c.input[2] in dq for c in convs) >= len(convs) - 1  # int32 biases, the float stem's aside
+    assert correct_biases(job, fixed, prep_model) == len(convs)
+    err = {name: _mean_errors(model, prep_model, convs, x) for name, model in (("plain", plain), ("fixed", fixed))}
+    assert max(err["fixed"]) < 1e-3, err["fixed"]
+    assert max(err["plain"]) > 10 * max(err["fixed"]), err

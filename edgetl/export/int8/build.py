@@ -21,7 +21,7 @@ from ..config import ExportConfig
 from . import qat
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
-from .guard import NEXT_STEPS, fewest, float_records, float_table, most_floats, rank, run_guard
+from .guard import NEXT_STEPS, fewest, float_records, float_table, most_floats, prune, rank, run_guard
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
 from .qat import Trained
 from .qdq import QUANT_SETTINGS, Floater, int8_share, layer_macs, quantize, stem_nodes
@@ -199,10 +199,10 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
 
     job, isa = cand.job, int8_isa()
     floats = stem + [x["name"] for x in trt_layers]
-    built: dict[int, tuple[Path, EvalResult, dict[str, Any]]] = {}  # by extra float layers: no live sessions
+    built: dict[tuple[str, ...], tuple[Path, EvalResult, dict[str, Any]]] = {}  # by extra float layers: no live sessions
 
     def build(extra: list[str]) -> float:
-        q = job.work / f"cpu-{len(extra)}.onnx"
+        q = job.work / f"cpu-{len(built)}.onnx"
         quantize(job.prep, q, job.cpu_cache or job.cache, job.cfg.calib_method, floats + extra, cpu=True)
         if job.cfg.bias_correction:
             model = onnx.load(str(q))
@@ -210,11 +210,11 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
             q.write_bytes(model.SerializeToString())
         runner = OrtRunner(q, own=True)
         kernels = {"numerics": runner.numerics, "ort_session_config": runner.session_config}
-        built[len(extra)] = q, job.val.evaluate(runner), kernels
-        return job.fp32.top1 - built[len(extra)][1].top1
+        built[tuple(extra)] = q, job.val.evaluate(runner), kernels
+        return job.fp32.top1 - built[tuple(extra)][1].top1
 
     drop = build([])
-    q, acc, kernels = built[0]
+    q, acc, kernels = built[()]
     safe = int16_safe(q)
     job.log(f"CPU INT8 (u8 activations, s8 weights{', scaled so that no int16 pair can saturate' if safe else ''}, "
             f"ONNX Runtime's kernels on {isa}{', overflow-safe U8U8' if kernels['ort_session_config'] else ''}): "
@@ -230,21 +230,27 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         order, gains = rank(job, floater, list(int8_share(model, job.macs).int8_names), kernels=True)
         tried: dict[int, float] = {}
 
+        def fits(extra: list[str], what: str) -> bool:
+            drop = build(extra)
+            job.log(f"  CPU INT8 {what}: top-1 {built[tuple(extra)][1].top1:.2f}% (drop {drop:+.2f})")
+            return drop <= job.cfg.max_drop
+
         def attempt(k: int) -> bool:
-            tried[k] = build(order[:k])
-            job.log(f"  CPU INT8 with {k} more layer(s) in float: top-1 {built[k][1].top1:.2f}% (drop {tried[k]:+.2f})")
-            return tried[k] <= job.cfg.max_drop
+            ok = fits(order[:k], f"with {k} more layer(s) in float")
+            tried[k] = job.fp32.top1 - built[tuple(order[:k])][1].top1
+            return ok
 
         k_max = most_floats(job, model, order)
         limit = limit if k_max < len(order) else "every layer it has in INT8"
         k = fewest(k_max, attempt)
         guard = {"tried": tried}
         if k is not None:
-            q, acc, kernels = built[k]
-            drop = tried[k]
-            extra = float_records(job, floater, order[:k], gains)
-            guard["added"] = order[:k]
-            job.log(f"CPU INT8: {k} more layer(s) kept in float")
+            added = prune(order[:k], job.macs, lambda rest, name: fits(rest, f"with {name} back in INT8"))
+            q, acc, kernels = built[tuple(added)]
+            drop = job.fp32.top1 - acc.top1
+            extra = float_records(job, floater, added, gains)
+            guard.update(added=added, back_in_int8=[n for n in order[:k] if n not in added])
+            job.log(f"CPU INT8: {len(added)} more layer(s) kept in float")
             job.log(float_table(extra))
 
     info = {"accuracy": {**accuracy_entry(acc, job.fp32), "numerics": kernels["numerics"], "isa": isa,

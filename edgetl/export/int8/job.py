@@ -17,6 +17,8 @@ from ...progress import Log
 from ...runtime.base import Runner
 from ..config import ExportConfig
 
+PROBE_MIN_IMAGES = 16  # the fewest calibration images the guard's ranking or bias correction measures on
+
 
 @dataclass
 class Int8Result:
