@@ -39,8 +39,8 @@ class ExportConfig:
     quantize_stem: bool = option(False, "Quantize the first layer too (it sees raw pixels; in float it costs "
                                  "little and saved ~1 point on cifar10-mini).", INT8)
     max_drop: float = option(0.5, "Largest INT8 top-1 drop accepted (points; model.int8.onnx in simulated "
-                             "numerics, model.int8-cpu.onnx on this CPU's kernels); past it, the most sensitive "
-                             "layers stay in float, in each INT8 file.", INT8, legal=limits.POINTS)
+                             "numerics, model.int8-cpu.onnx on this CPU's kernels); past it, as few of the most "
+                             "sensitive layers as fit stay in float, in each INT8 file.", INT8, legal=limits.POINTS)
     min_int8: float = option(0.8, "Least share of the MACs that must run in INT8, or export fails (0 accepts "
                              "any).", INT8, legal=Range(0, 1))
     qat: str = option("off", "Quantization-aware training (NVIDIA ModelOpt, the qat extra): fine-tune the run's "
