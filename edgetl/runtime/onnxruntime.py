@@ -7,12 +7,29 @@ INT8 files run either with ORT's integer kernels, made overflow-safe for this CP
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import DISTRIBUTION
 from ..artifacts.manifest import precision_of
 from ..errors import ArtifactError, UsageError
+
+
+def simulating(opts: Any, fast: bool = False) -> dict[str, str]:
+    """Set ONNX Runtime session options ``opts`` to run Q/DQ nodes as float ops, the numerics TensorRT
+    approximates, and return the session config entries set. Reported accuracy and bias correction
+    both simulate through here, so they cannot drift apart. Not at ORT_ENABLE_ALL unless ``fast``:
+    its NCHWc convolutions round differently and flip quantization steps."""
+    import onnxruntime as ort
+
+    from .numerics import SIMULATE_CONFIG
+
+    if not fast:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    for key, value in SIMULATE_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    return dict(SIMULATE_CONFIG)
 
 
 class OrtRunner:
@@ -26,7 +43,7 @@ class OrtRunner:
         steps: for ranking layers, not for reported accuracy)."""
         import onnxruntime as ort
 
-        from .numerics import ORT_CPU, ORT_CUDA, SIMULATE_CONFIG, SIMULATED, int8_layout, kernel_config
+        from .numerics import ORT_CPU, ORT_CUDA, SIMULATED, int8_layout, kernel_config
 
         self.path = Path(path)
         self.device = device
@@ -48,14 +65,12 @@ class OrtRunner:
             check_onnx_file(self.path)  # before ONNX Runtime parses anything: damaged graph, external data outside the folder
         self.int8_layout = int8_layout(self.path)
         self.session_config: dict[str, str] = {}
-        if simulate:  # ORT_ENABLE_ALL's NCHWc convolutions round differently and flip quantization steps
-            if not fast:
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            self.session_config = dict(SIMULATE_CONFIG)
+        if simulate:
+            self.session_config = simulating(opts, fast)
         elif self.int8_layout and device == "cpu":
             self.session_config = kernel_config(path=self.path)
-        for key, value in self.session_config.items():
-            opts.add_session_config_entry(key, value)
+            for key, value in self.session_config.items():
+                opts.add_session_config_entry(key, value)
         self.numerics = SIMULATED if simulate else ORT_CUDA if device == "cuda" else ORT_CPU
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)

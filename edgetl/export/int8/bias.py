@@ -56,17 +56,14 @@ def _mean(a: np.ndarray) -> np.ndarray:
 
 
 def _session(model: Any, simulate: bool) -> Any:
-    """A session on ``model``: FP32 as it is, or Q/DQ simulated in float as reported accuracy is (no
-    NCHWc kernels: they round differently and flip quantization steps)."""
+    """A session on ``model``: FP32 as it is, or Q/DQ simulated in float as reported accuracy is."""
     import onnxruntime as ort
 
-    from ...runtime.numerics import SIMULATE_CONFIG
+    from ...runtime.onnxruntime import simulating
 
     opts = ort.SessionOptions()
     if simulate:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        for key, value in SIMULATE_CONFIG.items():
-            opts.add_session_config_entry(key, value)
+        simulating(opts)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
