@@ -21,7 +21,7 @@ from ..config import ExportConfig
 from . import qat
 from .bias import correct_biases
 from .calibrate import CALIBRATOR_VERSION, cache_key, calibrate, calibration_split, prepare, split_fingerprint
-from .guard import NEXT_STEPS, fewest, float_records, float_table, most_floats, prune, rank, run_guard
+from .guard import NEXT_STEPS, fewest, float_records, float_table, prune, rank, run_guard, within_budget
 from .job import Int8Job, Int8Result, ValFeed, accuracy_entry
 from .qat import Trained
 from .qdq import QUANT_SETTINGS, Floater, int8_share, layer_macs, quantize, stem_nodes
@@ -227,7 +227,8 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         quantize(job.prep, job.work / "cpu-rank.onnx", job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
         model = onnx.load(str(job.work / "cpu-rank.onnx"))
         floater = Floater(model, cand.prep_model, in_place=True)
-        order, gains = rank(job, floater, list(int8_share(model, job.macs).int8_names), kernels=True)
+        ranked, gains = rank(job, floater, list(int8_share(model, job.macs).int8_names), kernels=True)
+        order = within_budget(ranked, int8_share(model, job.macs), job.macs, job.cfg.min_int8)
         tried: dict[int, float] = {}
 
         def fits(extra: list[str], what: str) -> bool:
@@ -240,9 +241,8 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
             tried[k] = job.fp32.top1 - built[tuple(order[:k])][1].top1
             return ok
 
-        k_max = most_floats(job, model, order)
-        limit = limit if k_max < len(order) else "every layer it has in INT8"
-        k = fewest(k_max, attempt)
+        limit = limit if len(order) < len(ranked) else "every layer it has in INT8"
+        k = fewest(len(order), attempt)
         guard = {"tried": tried}
         if k is not None:
             added = prune(order[:k], job.macs, lambda rest, name: fits(rest, f"with {name} back in INT8"))

@@ -14,7 +14,7 @@ from ...data.sources import eval_transform, make_loader
 from ...metrics import EvalResult
 from .bias import correct_biases
 from .job import PROBE_MIN_IMAGES, Int8Job
-from .qdq import Floater, int8_share, quantized_nodes
+from .qdq import Floater, Int8Share, int8_share, quantized_nodes
 
 PROBE_PIXELS = 64 * 64 * 64  # calibration pixels whose FP32 logits rank layer sensitivity: 64 images at 64 px
 NEXT_STEPS = ("Try --calib-method percentile or entropy, a larger --calib-size, a looser --max-drop, or "
@@ -60,17 +60,18 @@ def float_records(job: Int8Job, floater: Floater, names: list[str], gains: dict[
              "mac_share": round(job.macs.get(n, 0) / macs, 4)} for n in names]
 
 
-def most_floats(job: Int8Job, model: Any, order: list[str]) -> int:
-    """How many of ``order`` (the first ones) can float while ``--min-int8`` of the MACs stay in INT8."""
-    base = int8_share(model, job.macs)
-    int8_now = set(base.int8_names)
-    k_max, left = 0, base.int8_macs
+def within_budget(order: list[str], share: Int8Share, macs: dict[str, int], min_int8: float) -> list[str]:
+    """``order`` less each layer that, floated with the ones kept before it, would leave less than
+    ``min_int8`` of the MACs in INT8 (``share``: the model as it is): a layer too large for the budget
+    does not end the search, since smaller ones further down the ranking can still float."""
+    int8_now = set(share.int8_names)
+    kept, left = [], share.int8_macs
     for name in order:
-        left -= job.macs[name] if name in int8_now else 0
-        if left < job.cfg.min_int8 * base.macs:
-            break
-        k_max += 1
-    return k_max
+        cost = macs.get(name, 0) if name in int8_now else 0
+        if left - cost >= min_int8 * share.macs:
+            kept.append(name)
+            left -= cost
+    return kept
 
 
 def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
@@ -94,16 +95,16 @@ def fewest(k_max: int, fits: Callable[[int], bool]) -> int | None:
 
 
 def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dict[str, Any]:
-    """Rank quantized layers (``rank``, simulated), then float the top k, growing k until the validation drop fits;
-    k stops where less than ``min_int8`` of the MACs would stay in INT8. Each try corrects the biases
+    """Rank quantized layers (``rank``, simulated), then float the top k of those ``within_budget`` of
+    ``min_int8``, growing k until the validation drop fits. Each try corrects the biases
     after its float layers again (with bias correction on). Then each floated layer, the most MACs
     first, goes back to INT8 where the drop still fits without it: a prefix of the ranking is rarely
     the smallest set (on the demo, k=4 missed by one image and k=5 fitted, with only one of the five needed)."""
     cfg, log = job.cfg, job.log
     t0 = time.perf_counter()
     floater = Floater(q, prep_model)
-    order, gains = rank(job, floater, quantized_nodes(q))
-    k_max = most_floats(job, q, order)
+    ranked, gains = rank(job, floater, quantized_nodes(q))
+    order = within_budget(ranked, int8_share(q, job.macs), job.macs, cfg.min_int8)
     tried: dict[int, float] = {}  # by k, the prefix search
     got: dict[tuple[str, ...], tuple[Any, EvalResult, float]] = {}
 
@@ -121,12 +122,14 @@ def run_guard(job: Int8Job, q: Any, prep_model: Any, initial_drop: float) -> dic
         tried[k] = got[tuple(order[:k])][2]
         return ok
 
-    hi = fewest(k_max, attempt)
-    info: dict[str, Any] = {"tried": tried, "candidates": len(order), "sensitivity": _top(gains, order)}
+    hi = fewest(len(order), attempt)
+    info: dict[str, Any] = {"tried": tried, "candidates": len(ranked), "within_min_int8": len(order),
+                            "sensitivity": _top(gains, ranked)}
     if hi is None:
         info["seconds"] = round(time.perf_counter() - t0, 1)
-        limit = (f"floating up to {k_max} layer(s), the most that keep {cfg.min_int8:.0%} of the MACs in INT8 "
-                 f"(--min-int8)," if k_max < len(order) else f"floating any of the {len(order)} layers")
+        limit = (f"floating up to {len(order)} of the {len(ranked)} layers, the most sensitive that keep "
+                 f"{cfg.min_int8:.0%} of the MACs in INT8 (--min-int8)," if len(order) < len(ranked)
+                 else f"floating any of the {len(order)} layers")
         drop = tried[max(tried)] if tried else initial_drop
         return {"model": None, "guard": info,
                 "message": f"INT8 misses the --max-drop {cfg.max_drop:g} budget: {limit} still leaves a drop of "
