@@ -162,5 +162,8 @@ class _Biases:
             t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) + delta).astype(np.float32), t.name))
             return
         q, scale = self.inits[self.dq[name].input[0]], numpy_helper.to_array(self.inits[self.dq[name].input[1]])
-        values = numpy_helper.to_array(q).astype(np.int64) + np.round(delta / scale).astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a dead channel's bias scale can be 0 or tiny
+            steps = np.nan_to_num(np.round(delta / scale), nan=0.0)
+        steps = np.clip(steps, -2 ** 31, 2 ** 31 - 1).astype(np.int64)
+        values = numpy_helper.to_array(q).astype(np.int64) + steps
         q.CopyFrom(numpy_helper.from_array(np.clip(values, -2 ** 31, 2 ** 31 - 1).astype(np.int32), q.name))
