@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgetl demo
 
 test: $(STAMP) runtime38 emulator
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 runtime38: $(STAMP)
 ifneq ($(PY38),)

@@ -329,7 +329,7 @@ def test_guard_search_finds_the_fewest_float_layers_trying_each_count_once() -> 
 def test_guard_candidates_skip_a_layer_too_large_for_min_int8_and_keep_smaller_ones_after_it() -> None:
     """With --min-int8, the guard walks the ranking leaving out each layer whose floating would take the
     INT8 share of the MACs under the budget, given the ones already in; smaller layers after it stay
-    candidates (a layer already in float costs nothing)."""
+    candidates (a layer already in float costs nothing, within the budget)."""
     from edgetl.export.int8.guard import within_budget
     from edgetl.export.int8.qdq import Int8Share
 
@@ -338,7 +338,8 @@ def test_guard_candidates_skip_a_layer_too_large_for_min_int8_and_keep_smaller_o
     order = ["a", "big", "floated", "b", "c"]
     assert within_budget(order, share, macs, 0.5) == ["a", "floated", "c"]  # 70-10=60, big:20<50, b:45<50, c:55
     assert within_budget(order, share, macs, 0.0) == order
-    assert within_budget(order, share, macs, 0.71) == ["floated"]
+    assert within_budget(order, share, macs, 0.6) == ["a", "floated"]  # exactly at the budget is within it
+    assert within_budget(order, share, macs, 0.71) == []  # already under it: nothing may float
 
 
 def test_guard_sends_back_to_int8_each_float_layer_the_budget_does_not_need_the_biggest_first() -> None:
