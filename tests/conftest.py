@@ -87,10 +87,15 @@ EMULATED_AVX2_CPU = "EPYC-Rome"  # QEMU's Zen 2 EPYC: AVX2 and FMA, no AVX-512, 
 def avx2_emulator() -> list[str]:
     """The command prefix that runs a program on an emulated AVX2-only EPYC: QEMU's user-mode TCG answers
     ONNX Runtime's CPUID check without AVX-512 or VNNI, and its vpmaddubsw saturates at int16 as the real
-    instruction does. /proc/cpuinfo still shows the host's flags there, hence ``EDGETL_INT8_ISA``."""
+    instruction does. /proc/cpuinfo still shows the host's flags there, hence ``EDGETL_INT8_ISA``.
+    On an AVX2-only host no emulator is needed: the programs run on the real CPU (an empty prefix)."""
     import platform
     import shutil
 
+    from edgetl.runtime.numerics import ISA_OVERRIDE, int8_isa
+
+    if ISA_OVERRIDE not in os.environ and int8_isa() == "avx2":
+        return []
     qemu = shutil.which("qemu-x86_64")
     if platform.machine() != "x86_64" or qemu is None:
         pytest.skip("no qemu-x86_64 on an x86-64 host (Debian: apt-get install qemu-user; `make test` installs it "
