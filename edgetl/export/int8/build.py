@@ -227,8 +227,9 @@ def _cpu_variant(cand: _Candidate, stem: list[str], trt_layers: list[dict[str, A
         quantize(job.prep, job.work / "cpu-rank.onnx", job.cpu_cache or job.cache, job.cfg.calib_method, floats, cpu=True)
         model = onnx.load(str(job.work / "cpu-rank.onnx"))
         floater = Floater(model, cand.prep_model, in_place=True)
-        ranked, gains = rank(job, floater, list(int8_share(model, job.macs).int8_names), kernels=True)
-        order = within_budget(ranked, int8_share(model, job.macs), job.macs, job.cfg.min_int8)
+        share = int8_share(model, job.macs)
+        ranked, gains = rank(job, floater, list(share.int8_names), kernels=True)
+        order = within_budget(ranked, share, job.macs, job.cfg.min_int8)
         tried: dict[int, float] = {}
 
         def fits(extra: list[str], what: str) -> bool:
